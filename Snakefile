@@ -1,0 +1,30 @@
+# Cosmos-1.0 post-training workflow: folders of MP4s -> NeMo post-training samples -> checkpoints.
+#
+#   snakemake --cores all                      samples of config/config.yaml's videos (target `all`)
+#   snakemake --cores all train                ... and post-train on them
+#   snakemake --configfile config/demo.yaml --cores 2 all train    the built-in demo
+#
+# Rules live in rules/*.smk; the work is done by the cosmos_lib package.
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+if DEMO:
+
+    include: "rules/demo.smk"
+
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+
+
+localrules:
+    all,
+    download_model,
+    dataset,
+
+
+rule all:
+    default_target: True
+    input:
+        DATASET_MANIFEST,
+        SUMMARY,

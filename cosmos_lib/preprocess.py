@@ -1,0 +1,258 @@
+"""The preprocessing jobs: prompts -> T5 embeddings, and one video -> its samples.
+
+What the reference (prepare_dataset.py) does badly and this does instead (DESIGN.md):
+- it reads the whole video into RAM: we stream-decode in a background thread and keep at most
+  one chunk window of frames, already resized, on the tokenizer's device;
+- it resizes on the CPU: we resize each frame once, on the tokenizer's device;
+- it encodes the prompt again for every chunk, in float32: each distinct prompt is encoded once
+  per run (``encode_prompts``), bf16 on a GPU, and shared by every chunk;
+- it runs two batch-1 tokenizer passes per chunk: the video and conditioning clips of several
+  chunks go through the tokenizer in one batch;
+- it never seeds its chunk starts and skips short videos silently: starts come from the seed and
+  the video's name, and every skipped video is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import sample_format
+from .chunks import chunk_starts
+from .video import TruncatedVideo, VideoError, iter_chunks, iter_frames, prefetch, probe
+
+log = logging.getLogger("cosmos_lib.preprocess")
+
+
+class BadVideo(RuntimeError):
+    """A video (or its instruction file) cannot give samples; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    num_frames: int = 121
+    height: int = 704
+    width: int = 1280
+    conditioning_frames: int = 9
+    num_chunks: int = 5
+    seed: int = 42
+    chunk_strategy: str = "random"
+    resize_mode: str = "stretch"
+    batch_size: int = 2
+    decode_threads: str = "AUTO"
+
+    def __post_init__(self) -> None:
+        sample_format.latent_shape(self.num_frames, self.height, self.width)
+        if not 1 <= self.conditioning_frames <= self.num_frames:
+            raise ValueError(f"conditioning_frames must be in 1..num_frames, got {self.conditioning_frames}")
+        if self.resize_mode not in ("stretch", "crop"):
+            raise ValueError(f"resize_mode must be 'stretch' or 'crop', got {self.resize_mode!r}")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("encode.device is 'cuda' but no CUDA GPU is visible to this job")
+    return torch.device(device)
+
+
+# --- frames ----------------------------------------------------------------------------------
+class FrameResizer:
+    """uint8 HxWx3 frames -> (3, height, width) in [-1, 1] on the tokenizer's device.
+
+    Bilinear (antialiased when shrinking), stretched as the reference does, or scaled to cover
+    and centre-cropped (``crop``) to keep the aspect ratio.
+    """
+
+    def __init__(self, height: int, width: int, mode: str, device: torch.device, dtype: torch.dtype):
+        self.height, self.width, self.mode = height, width, mode
+        self.device, self.dtype = device, dtype
+        self.pin = device.type == "cuda"
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        if self.mode == "stretch":
+            return self.height, self.width
+        scale = max(self.height / h, self.width / w)
+        return max(self.height, math.ceil(h * scale - 1e-6)), max(self.width, math.ceil(w * scale - 1e-6))
+
+    def __call__(self, frame) -> torch.Tensor:
+        x = torch.from_numpy(frame)
+        if self.pin:
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0)
+        # float32 for the interpolation itself (bf16 bilinear loses precision on the CPU)
+        x = x.float()
+        h, w = x.shape[-2:]
+        th, tw = self._target(h, w)
+        if (th, tw) != (h, w):
+            x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=th < h or tw < w)
+        if (th, tw) != (self.height, self.width):
+            top, left = (th - self.height) // 2, (tw - self.width) // 2
+            x = x[..., top : top + self.height, left : left + self.width]
+        return (x[0] / 127.5 - 1.0).clamp_(-1.0, 1.0).to(self.dtype)
+
+
+def conditioning_clip(clip: torch.Tensor, conditioning_frames: int) -> torch.Tensor:
+    """The chunk's first frames followed by zero frames (0 = mid-grey in [-1, 1]); clip is (3,T,H,W)."""
+    cond = torch.zeros_like(clip)
+    cond[:, :conditioning_frames] = clip[:, :conditioning_frames]
+    return cond
+
+
+def encode_clips(tokenizer, clips: list[torch.Tensor], conditioning_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video and conditioning latents of several chunks in one tokenizer call."""
+    video = torch.stack(clips)
+    cond = torch.stack([conditioning_clip(c, conditioning_frames) for c in clips])
+    latents = tokenizer.encode(torch.cat([video, cond]))
+    n = len(clips)
+    return latents[:n], latents[n:]
+
+
+# --- one video -------------------------------------------------------------------------------
+class Progress:
+    """Logs chunks done of total and samples per second, at most every ``every`` seconds."""
+
+    def __init__(self, total: int, name: str, every: float = 10.0):
+        self.total, self.name, self.every = total, name, every
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            log.info("%s: %d/%d chunks done, %.2f samples/s", self.name, self.done, self.total, rate)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def encode_video(
+    video_path: str | Path,
+    video_id: str,
+    *,
+    out_dir: str | Path,
+    tokenizer,
+    t5_embeddings: torch.Tensor,
+    settings: EncodeSettings,
+) -> dict:
+    """Encode every chunk of one video into samples in ``out_dir``; return the video's report.
+
+    Raises BadVideo (naming the file) when the video gives no samples for a reason of its own:
+    unreadable, truncated, not a video. A video shorter than a chunk is not an error: its report
+    says it was skipped and why.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"video": Path(video_path).name, "video_id": video_id, "status": "ok", "reason": "", "samples": []}
+    try:
+        info = probe(video_path)
+    except VideoError as exc:
+        raise BadVideo(str(exc)) from exc
+    report.update(source_frames=info.num_frames, source_width=info.width, source_height=info.height, fps=info.fps)
+    starts = chunk_starts(
+        info.num_frames,
+        num_frames=settings.num_frames,
+        num_chunks=settings.num_chunks,
+        seed=settings.seed,
+        video_key=video_id,
+        strategy=settings.chunk_strategy,
+    )
+    if not starts:
+        report.update(status="skipped", reason=f"{info.num_frames} frames, shorter than num_frames={settings.num_frames}")
+        log.warning("%s: skipped: %s", video_path, report["reason"])
+        return report
+    log.info(
+        "%s: %d frames %dx%d at %.3f fps (%s, %s); %d chunks of %d frames",
+        video_path, info.num_frames, info.width, info.height, info.fps, info.codec, info.pix_fmt, len(starts), settings.num_frames,
+    )
+
+    resize = FrameResizer(settings.height, settings.width, settings.resize_mode, tokenizer.device, tokenizer.dtype)
+    # decoding (a PyAV thread pool behind a background thread) overlaps resizing and encoding;
+    # the queue holds a few frames, the window buffer one chunk of resized frames
+    frames = (resize(f) for f in prefetch(iter_frames(video_path, threads=settings.decode_threads), depth=8))
+    progress = Progress(len(starts), Path(video_path).name)
+    t5 = t5_embeddings.to(sample_format.TENSOR_DTYPE)
+
+    def clips() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for indices, window in iter_chunks(frames, starts, settings.num_frames):
+            clip = torch.stack(window, dim=1)  # (3, T, H, W)
+            for index in indices:
+                yield index, starts[index], clip
+
+    try:
+        for batch in batched(clips(), settings.batch_size):
+            video_latents, cond_latents = encode_clips(tokenizer, [c for _, _, c in batch], settings.conditioning_frames)
+            video_latents, cond_latents = video_latents.cpu(), cond_latents.cpu()
+            for (index, start, _), vl, cl in zip(batch, video_latents, cond_latents):
+                prefix = sample_format.chunk_prefix(video_id, index)
+                sample_format.write_sample(
+                    out_dir,
+                    prefix,
+                    info=sample_format.make_info(
+                        height=info.height, width=info.width, fps=info.fps, num_frames=settings.num_frames,
+                        video_path=str(video_path), start_frame=start,
+                    ),
+                    video_latent=vl,
+                    conditioning_latent=cl,
+                    t5_embeddings=t5,
+                )
+                report["samples"].append(prefix)
+            progress.update(len(batch))
+    except VideoError as exc:  # includes TruncatedVideo: the file is broken, keep nothing of it
+        clear_folder(out_dir)
+        report["samples"] = []
+        raise BadVideo(str(exc)) from exc
+    report["samples"].sort()
+    return report
+
+
+def clear_folder(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# --- prompts ---------------------------------------------------------------------------------
+def encode_prompts(text_encoder, prompts: dict[str, str], out_dir: str | Path, batch_size: int = 8) -> None:
+    """Encode each distinct prompt once and save ``out_dir/<key>.pth`` (512x1024 bf16), atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = sorted(prompts)
+    start = time.perf_counter()
+    for i, chunk in enumerate(batched(keys, batch_size)):
+        embeddings = text_encoder.encode([prompts[k] for k in chunk], batch_size=batch_size)
+        for key, emb in zip(chunk, embeddings):
+            sample_format.atomic_torch_save(out_dir / f"{key}.pth", emb.to(sample_format.TENSOR_DTYPE).clone())
+        done = min((i + 1) * batch_size, len(keys))
+        log.info("prompts: %d/%d encoded, %.1f prompts/s", done, len(keys), done / max(time.perf_counter() - start, 1e-9))
+
+
+def load_prompt_embedding(text_dir: str | Path, key: str) -> torch.Tensor:
+    return sample_format.load_tensor(Path(text_dir) / f"{key}.pth")
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    sample_format.atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
