@@ -17,7 +17,7 @@ from cosmos_lib.hub import parse_source
 from cosmos_lib.inputs import discover_videos
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "../config/schemas/config.schema.yaml")
