@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -110,7 +111,9 @@ def _read_config(path: Path) -> dict:
 def _load_torchscript(folder: Path, device: torch.device, dtype: torch.dtype):
     jit_path = folder / TORCHSCRIPT_ENCODER
     try:
-        encoder = torch.jit.load(str(jit_path), map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is the format of these weights
+            encoder = torch.jit.load(str(jit_path), map_location=device)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise TokenizerLoadError(f"{jit_path}: cannot be loaded as TorchScript ({exc.__class__.__name__}: {str(exc)[:300]})") from exc
     encoder = encoder.to(dtype).eval()
