@@ -260,10 +260,12 @@ def _iter_chunks(frames: Iterable[T], by_start: dict[int, list[int]], num_frames
     finally:
         held.clear()
     missing = sorted(c for s in pending[next_window:] for c in by_start[s])
-    need = pending[next_window] + num_frames
-    reason = f"{cause}" if cause is not None else f"video ended after {seen} frames"
+    first = pending[next_window]
+    # a VideoError from the decoder already names the file
+    reason = f"{cause}" if cause is not None else f"{name}: video ended after {seen} frames"
     raise TruncatedVideo(
-        f"{name}: {reason}; chunk(s) {missing} need frames up to {need - 1} (start {pending[next_window]}, {num_frames} frames)",
+        f"{reason}; chunk(s) {missing} not produced (the first starts at frame {first} and needs "
+        f"frames up to {first + num_frames - 1})",
         frames_decoded=seen,
         missing_chunks=missing,
     ) from cause

@@ -116,9 +116,8 @@ def test_audio_stream_first(folder):
     assert info.stream_index == 1 and info.num_frames == 31 and info.codec == "h264"
     frames = decode_all(path)
     assert len(frames) == 31
-    # the same pictures as without audio
-    no_audio = decode_all(write_video(folder / "no_audio.mp4", num_frames=31, width=64, height=48, seed=5))
-    assert all(np.abs(a.astype(int) - b).mean() < 2 for a, b in zip(frames, no_audio))
+    # the pictures that were encoded
+    assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(frames, synthetic_frames(31, 64, 48, seed=5)))
 
 
 def test_frame_count_is_counted_not_read_from_the_header(folder):
@@ -492,8 +491,10 @@ def test_write_video_is_deterministic_and_moves(folder):
     fa, fb, fc = decode_all(a), decode_all(b), decode_all(c)
     # the pictures are a function of the seed; x264 itself is not always bit-exact from run to run
     assert all(np.array_equal(x, y) for x, y in zip(synthetic_frames(20, 64, 48, 11), synthetic_frames(20, 64, 48, 11)))
-    assert all(np.abs(x.astype(int) - y).mean() < 2 for x, y in zip(fa, fb))
-    assert not np.array_equal(fa[0], fc[0])
+    source = list(synthetic_frames(20, 64, 48, 11))
+    assert all(np.abs(x.astype(int) - y).mean() < 8 for x, y in zip(fa, source))
+    assert all(np.abs(x.astype(int) - y).mean() < 8 for x, y in zip(fb, source))
+    assert np.abs(fa[0].astype(int) - fc[0]).mean() > 20  # another seed, another picture
     # every frame differs from the previous one (shapes move), by a visible amount
     assert all(np.abs(x.astype(int) - y).mean() > 1 for x, y in zip(fa, fa[1:]))
     assert not any(n.startswith(".") for n in os.listdir(folder))  # no temporary files left
