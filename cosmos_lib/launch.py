@@ -116,7 +116,9 @@ def _slurm_nodelist(env: Mapping[str, str]) -> str | None:
 
 
 def in_slurm_job(env: Mapping[str, str] = os.environ) -> bool:
-    return bool(env.get("SLURM_JOB_ID") and _slurm_nodelist(env))
+    """True inside a SLURM allocation. Only SLURM_JOB_ID is relied on: Snakemake's slurm-jobstep
+    executor removes the other SLURM_* variables before it runs a job's command."""
+    return bool(env.get("SLURM_JOB_ID"))
 
 
 def in_slurm_step(env: Mapping[str, str] = os.environ) -> bool:
@@ -155,6 +157,12 @@ def torchrun_args(nproc_per_node: int, nnodes: int, env: Mapping[str, str] = os.
         return ["--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc_per_node)]
 
     if in_slurm_job(env):
+        if not _slurm_nodelist(env):
+            raise LaunchError(
+                f"SLURM job {env['SLURM_JOB_ID']} but no SLURM_STEP_NODELIST / SLURM_JOB_NODELIST: "
+                "start the multi-node launcher inside an srun step (one task per node), or from "
+                "the batch script, where it starts that step itself"
+            )
         hosts = expand_hostlist(_slurm_nodelist(env))
         if len(hosts) != nnodes:
             raise LaunchError(
