@@ -90,7 +90,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, frame rate and counted frames of the first video stream of ``path``.
 
     ``num_frames`` is the number of real packets of that stream found by demuxing (no decoding):
-    flush packets (size 0) and packets the demuxer flags as corrupt (data cut off) do not count.
+    flush packets (size 0), packets the demuxer flags as corrupt (data cut off) and packets it
+    flags as discarded (before the start of an MP4 edit list, e.g. a trimmed clip: the decoder
+    decodes them but outputs no frame) do not count.
     Raises VideoError for a missing, empty or unreadable file, no video stream or no frames.
     """
     path = os.fspath(path)
@@ -104,7 +106,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         count = 0
         try:
             for packet in container.demux(stream):
-                if packet.size > 0 and not packet.is_corrupt:
+                if packet.size > 0 and not packet.is_corrupt and not packet.is_discard:
                     count += 1
         except FFmpegError as exc:
             raise VideoError(f"{path}: unreadable after {count} video packets ({exc.__class__.__name__}: {exc})") from exc
@@ -123,7 +125,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike, *, threads: str = "AUTO") -> Iterator[np.ndarray]:
-    """Decode the first video stream of ``path`` frame by frame as RGB uint8 (H, W, 3) arrays.
+    """Decode the first video stream of ``path`` frame by frame as C-contiguous RGB uint8 (H, W, 3) arrays.
 
     Any pixel format the decoder produces (8/10-bit YUV 4:2:0/4:4:4, gray, ...) is converted
     with swscale. ``threads`` is PyAV's thread_type (AUTO, FRAME, SLICE or NONE). Only the
@@ -168,7 +170,8 @@ def _iter_frames(path: str, thread_type: str) -> Iterator[np.ndarray]:
         while True:
             try:
                 frame = next(decoded)
-                image = frame.to_ndarray(format="rgb24")
+                # rows of odd widths come padded: hand out a C-contiguous array (a no-op otherwise)
+                image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
             except StopIteration:
                 break
             except _CutOff as cut:

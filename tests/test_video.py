@@ -75,7 +75,7 @@ def test_formats_decode_to_rgb_and_probe_counts_the_decoded_frames(folder, codec
     frames = decode_all(path)
     assert len(frames) == info.num_frames
     for f in frames:
-        assert f.shape == (height, width, 3) and f.dtype == np.uint8
+        assert f.shape == (height, width, 3) and f.dtype == np.uint8 and f.flags["C_CONTIGUOUS"]
     source = list(synthetic_frames(n, width, height, seed=3))
     for got, want in zip(frames, source):
         want = want.astype(np.float32)
@@ -125,6 +125,26 @@ def test_frame_count_is_counted_not_read_from_the_header(folder):
     with av.open(str(path)) as c:
         assert c.streams.video[0].frames == 0  # Matroska stores no frame count
     assert probe(path).num_frames == 37
+
+
+def test_frames_cut_by_an_edit_list_are_not_counted(folder, plain):
+    """A trimmed MP4: its first packets lie before the edit list's start; no frame comes out of them."""
+    path = folder / "edit_list.mp4"
+    with av.open(str(plain)) as src, av.open(str(path), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        shift = int(5 / (stream.average_rate * stream.time_base))  # 5 frames before time 0
+        for packet in src.demux(stream):
+            if packet.size == 0:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            dst.mux(packet)
+    with av.open(str(path)) as c:
+        assert sum(p.is_discard for p in c.demux(c.streams.video[0])) == 5
+    info = probe(path)
+    assert info.num_frames == 55 == len(decode_all(path))
 
 
 def test_fractional_fps(folder):
