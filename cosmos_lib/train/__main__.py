@@ -1,0 +1,72 @@
+"""Command line: ``python -m cosmos_lib.train {run,export,check,torchrun-args}``.
+
+``run`` is what each torchrun process executes; ``export`` writes a diffusers ``transformer/``
+folder from a checkpoint; ``check`` validates a sample folder against the model without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _config(args):
+    from .config import TrainConfig
+
+    text = Path(args.config).read_text() if args.config else (args.config_json or "{}")
+    return TrainConfig.from_json(text)
+
+
+def _model_dir(args):
+    if not args.model_manifest:
+        return None
+    try:
+        from cosmos_lib.hub import read_manifest
+    except ImportError:  # before cosmos_lib.hub exists: the manifest's "local_path"
+        return json.loads(Path(args.model_manifest).read_text())["local_path"]
+    return str(read_manifest(args.model_manifest))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cosmos_lib.train")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "check"):
+        s = sub.add_parser(name)
+        s.add_argument("--config", help="JSON file with the train block")
+        s.add_argument("--config-json", help="the train block as a JSON string")
+        s.add_argument("--dataset", required=True, help="flat sample folder")
+        s.add_argument("--model-manifest", help="download manifest of the pretrained model (JSON)")
+        if name == "run":
+            s.add_argument("--run-dir", required=True)
+            s.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    e = sub.add_parser("export")
+    e.add_argument("--checkpoint", required=True, help="step=<N> folder, or a run folder (latest complete)")
+    e.add_argument("--out", required=True, help="the transformer/ folder to write")
+    e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args = p.parse_args(argv)
+
+    if args.cmd == "run":
+        from .trainer import train
+
+        train(_config(args), dataset=args.dataset, run_dir=args.run_dir, model_dir=_model_dir(args),
+              stop_after=args.stop_after)
+    elif args.cmd == "check":
+        from .data import check_dataset
+        from .model import resolve_config
+
+        cfg = _config(args)
+        prefixes, shape = check_dataset(args.dataset, resolve_config(cfg.model, cfg.task, _model_dir(args)),
+                                        video2world=cfg.task == "video2world",
+                                        min_condition_frames=cfg.objective.condition_frames_min)
+        print(f"{args.dataset}: {len(prefixes)} samples, latent {shape}")
+    else:
+        from .export import export
+
+        print(export(args.checkpoint, args.out, dtype=args.dtype))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
