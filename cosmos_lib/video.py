@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 import av
 import numpy as np
 from av.error import FFmpegError
+from av.stream import Disposition
 
 T = TypeVar("T")
 
@@ -71,12 +72,17 @@ def _open(path: str) -> "av.container.InputContainer":
 
 
 def _video_stream(container, path: str):
-    """The first video stream, whatever its index (audio or data streams may come first)."""
-    videos = container.streams.video
+    """The first video stream, whatever its index (audio or data streams may come first).
+
+    Cover art (a still image stored as a video stream with the ``attached_pic`` disposition) is
+    passed over unless it is the only video stream.
+    """
+    videos = list(container.streams.video)
     if not videos:
         kinds = ", ".join(s.type for s in container.streams) or "no streams"
         raise VideoError(f"{path}: has no video stream ({kinds})")
-    return videos[0]
+    moving = [s for s in videos if not (int(s.disposition) & int(Disposition.attached_pic))]
+    return (moving or videos)[0]
 
 
 def _fps(stream, path: str) -> float:

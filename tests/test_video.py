@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.stream import Disposition
 
 from cosmos_lib.demo_videos import available_encoders, synthetic_frames, write_bad_inputs, write_frames, write_video
 from cosmos_lib.video import TruncatedVideo, VideoError, VideoInfo, iter_chunks, iter_frames, prefetch, probe
@@ -118,6 +119,46 @@ def test_audio_stream_first(folder):
     assert len(frames) == 31
     # the pictures that were encoded
     assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(frames, synthetic_frames(31, 64, 48, seed=5)))
+
+
+def test_cover_art_is_not_taken_for_the_video(folder):
+    path = folder / "cover.mp4"
+    with av.open(str(path), "w") as c:
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = Disposition.attached_pic
+        video = c.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        picture.pts = 0
+        c.mux(cover.encode(picture) + cover.encode(None))
+        for i, image in enumerate(synthetic_frames(12, 64, 48)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            c.mux(video.encode(frame))
+        c.mux(video.encode(None))
+    info = probe(path)
+    assert (info.codec, info.width, info.num_frames) == ("h264", 64, 12)
+    assert len(decode_all(path)) == 12
+
+
+def test_cover_art_first_is_passed_over():
+    """The MP4 muxer stores cover art last; other containers may list it first."""
+    from types import SimpleNamespace
+
+    from cosmos_lib.video import _video_stream
+
+    def stream(kind, disposition):
+        return SimpleNamespace(type=kind, disposition=disposition)
+
+    cover, film, sound = stream("video", Disposition.attached_pic), stream("video", Disposition.default), stream("audio", Disposition.default)
+    container = SimpleNamespace(streams=SimpleNamespace(video=[cover, film]))
+    assert _video_stream(container, "x.mkv") is film
+    container = SimpleNamespace(streams=SimpleNamespace(video=[cover]))
+    assert _video_stream(container, "x.mkv") is cover  # a still is still better than nothing
+    audio_only = SimpleNamespace(streams=type("Streams", (), {"video": [], "__iter__": lambda self: iter([sound])})())
+    with pytest.raises(VideoError, match=r"x.mkv: has no video stream \(audio\)"):
+        _video_stream(audio_only, "x.mkv")
 
 
 def test_frame_count_is_counted_not_read_from_the_header(folder):
@@ -226,6 +267,22 @@ def test_no_video_stream(folder):
     with pytest.raises(VideoError, match="no video stream") as err:
         probe(path)
     assert str(path) in str(err.value) and "audio" in str(err.value)
+
+
+def test_video_stream_without_frames(folder):
+    path = folder / "zero_frames.mkv"
+    with av.open(str(path), "w") as c:
+        video = c.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = c.add_stream("aac", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4800), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 48000
+        c.mux(audio.encode(frame) + audio.encode(None))
+    with av.open(str(path)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+    with pytest.raises(VideoError, match="no frames") as err:
+        probe(path)
+    assert str(path) in str(err.value)
 
 
 def test_truncated_video_yields_its_intact_frames_then_raises(bad):
