@@ -36,12 +36,12 @@ def main() -> None:
             (videos / name).write_bytes(b"")
             (instructions / (Path(name).stem + ".json")).write_text(json.dumps({"language_instruction_0": f"task {i % 97}"}))
         for label, extra in [("one prompt", []), ("instructions", [f"instructions={instructions}"])]:
-            workdir = Path(tmp) / label.replace(" ", "_")
+            workdir = Path(tmp) / ("run_" + label.replace(" ", "_"))
             workdir.mkdir()
             cmd = [
-                str(snakemake), "-n", "-q", "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                str(snakemake), "dataset", "-n", "-q", "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                 "--configfile", str(REPO / "config" / "config.yaml"),
-                "--config", f"videos={videos}", f"num_chunks={args.num_chunks}", *extra, "dataset",
+                "--config", f"videos={videos}", f"num_chunks={args.num_chunks}", *extra,
             ]
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -70,7 +70,7 @@ def model_source(role):
 def local_model_input(wildcards):
     """A local model folder is an input of its download rule (the demo's are made by rules)."""
     source = model_source(wildcards.role)
-    return [source] if parse_source(source).local_path is not None else []
+    return [os.path.normpath(source)] if parse_source(source).local_path is not None else []
 
 
 def video_input(wildcards):
