@@ -196,6 +196,38 @@ def torchrun_args(nproc_per_node: int, nnodes: int, env: Mapping[str, str] = os.
     ]
 
 
+# --- job geometry as Snakemake resources ------------------------------------------------------------
+
+def slurm_resources(nproc_per_node: int, nnodes: int, device: str = "cuda",
+                    gpu_model: str | None = None) -> dict[str, int | str]:
+    """The Snakemake resources of a training job with this geometry, in the names of
+    snakemake-executor-plugin-slurm 2.x (its submit_string.py / utils.set_gres_string and the
+    slurm-jobstep executor). For the train rule: ``resources: **slurm_resources(...)``.
+
+    - one node: ``gpu=G`` (sbatch ``--gpus=G``, or ``--gpus=<model>:G``) and ``nodes=1``; the jobstep
+      runs the rule in a one-task srun step and the launcher starts ``torchrun --standalone``;
+    - N nodes: ``nodes=N`` and ``gres='gpu:G'`` (``--gres`` counts per node, so every node gets G
+      GPUs; ``--gpus`` would count for the whole job), ``tasks=N`` (``--ntasks=N``: one task per
+      node), ``mpi='srun'`` so that the jobstep runs the rule's command in the batch script instead
+      of inside a one-node ``srun -n1`` step (the launcher then starts the one-task-per-node srun
+      step itself), and ``tasks_per_gpu=0`` so that the plugin does not turn ``tasks`` into
+      ``--ntasks-per-gpu``;
+    - device ``cpu``: the same without GPUs (``gpu=0``).
+    """
+    if nproc_per_node < 1 or nnodes < 1:
+        raise LaunchError(f"nproc_per_node and nnodes must be >= 1, got {nproc_per_node}, {nnodes}")
+    gpus = 0 if device == "cpu" else nproc_per_node
+    if nnodes == 1:
+        res: dict[str, int | str] = {"gpu": gpus, "nodes": 1}
+        if gpus and gpu_model:
+            res["gpu_model"] = gpu_model
+        return res
+    res = {"gpu": 0, "nodes": nnodes, "tasks": nnodes, "tasks_per_gpu": 0, "mpi": "srun"}
+    if gpus:
+        res["gres"] = f"gpu:{gpu_model}:{gpus}" if gpu_model else f"gpu:{gpus}"
+    return res
+
+
 # --- GPU check ------------------------------------------------------------------------------------
 
 def check_visible_gpus(expected: int, env: Mapping[str, str] = os.environ,

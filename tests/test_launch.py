@@ -249,3 +249,62 @@ def test_two_node_c10d_rendezvous_really_meets(tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-1500:] for o in outs)
     assert (tmp_path / "rank0").read_text() == "3 2"
     assert (tmp_path / "rank1").read_text() == "3 2"
+
+
+# --- geometry -> sbatch, through the SLURM executor plugin's own code --------------------------------
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+class _FakeJob:
+    """What snakemake-executor-plugin-slurm reads from a job to build its sbatch call."""
+
+    def __init__(self, resources, threads=4):
+        self.resources = _Resources(resources)
+        self.threads = threads
+        self.name = "train"
+
+    def is_group(self):
+        return False
+
+
+def _sbatch_flags(resources, threads=4):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    job = _FakeJob(resources, threads)
+    params = {"run_uuid": "u", "slurm_logfile": "x.log", "comment_str": "rule_train", "account": "",
+              "partition": "", "workdir": "/w"}
+    return (get_submit_command(job, params) + set_gres_string(job)).split()
+
+
+def test_single_node_gpu_geometry_becomes_gpus_and_one_node():
+    from cosmos_lib.launch import slurm_resources
+
+    res = slurm_resources(8, 1, "cuda", gpu_model="h100")
+    flags = _sbatch_flags(dict(res, cpus_per_gpu=8, mem_mb=1000, runtime=60))
+    assert "--gpus=h100:8" in flags and "--nodes=1" in flags and "--cpus-per-gpu=8" in flags
+    assert not any(f.startswith(("--ntasks", "--gres")) for f in flags)
+
+
+def test_multi_node_geometry_becomes_gres_per_node_and_one_task_per_node():
+    from cosmos_lib.launch import slurm_resources
+
+    res = slurm_resources(8, 4, "cuda")
+    flags = _sbatch_flags(dict(res, mem_mb=1000, runtime=60))
+    assert "--nodes=4" in flags and "--ntasks=4" in flags and "--gres=gpu:8" in flags
+    assert not any(f.startswith(("--gpus", "--ntasks-per-gpu")) for f in flags)
+    assert res["mpi"] == "srun"  # the jobstep then leaves the srun step to the launcher
+
+
+def test_cpu_geometry_has_no_gpus():
+    from cosmos_lib.launch import slurm_resources
+
+    assert slurm_resources(1, 1, "cpu") == {"gpu": 0, "nodes": 1}
+    flags = _sbatch_flags(dict(slurm_resources(1, 1, "cpu"), mem_mb=1000), threads=2)
+    assert "--ntasks=1" in flags and "--cpus-per-task=2" in flags
+    assert not any(f.startswith(("--gpus", "--gres")) for f in flags)
+    with pytest.raises(LaunchError):
+        slurm_resources(0, 1)
