@@ -75,19 +75,24 @@ def split_block_diag(fused: torch.Tensor, k: int, *, offdiag: str = "error", nam
     blocks = [fused[g * r:(g + 1) * r, g * c:(g + 1) * c].contiguous() for g in range(k)]
     mask = torch.ones(k, k, dtype=torch.bool)
     mask.fill_diagonal_(False)
-    off = fused.reshape(k, r, k, c).permute(0, 2, 1, 3)[mask]
-    if off.numel() and bool(off.ne(0).any()):
-        largest = float(off.abs().max())
-        if offdiag == "error":
-            raise AdaLNNotBlockDiagonalError(
-                f"{name}: the fused AdaLN-LoRA up-projection has non-zero off-diagonal blocks (max |w| = "
-                f"{largest:.3g}), as after training in NeMo; diffusers' CosmosTransformer3DModel cannot represent "
-                "them. Pass offdiag='drop' to drop them (the converted model is then not identical).")
-        if offdiag != "drop":
-            raise ValueError(f"offdiag must be 'error' or 'drop', not {offdiag!r}")
-        warnings.warn(f"{name}: dropping non-zero off-diagonal AdaLN-LoRA blocks (max |w| = {largest:.3g})",
-                      stacklevel=2)
+    check_offdiag(fused.reshape(k, r, k, c).permute(0, 2, 1, 3)[mask], offdiag=offdiag, name=name)
     return blocks
+
+
+def check_offdiag(off: torch.Tensor, *, offdiag: str, name: str) -> None:
+    """Apply the ``offdiag`` policy to the off-diagonal values of a fused AdaLN-LoRA up-projection."""
+    if offdiag not in ("error", "drop"):
+        raise ValueError(f"offdiag must be 'error' or 'drop', not {offdiag!r}")
+    if not off.numel() or not bool(off.ne(0).any()):
+        return
+    largest = float(off.abs().max())
+    if offdiag == "error":
+        raise AdaLNNotBlockDiagonalError(
+            f"{name}: the fused AdaLN-LoRA up-projection has non-zero off-diagonal blocks (max |w| = "
+            f"{largest:.3g}), as after training in NeMo; diffusers' CosmosTransformer3DModel cannot represent "
+            "them. Pass offdiag='drop' to drop them (the converted model is then not identical).")
+    warnings.warn(f"{name}: dropping non-zero off-diagonal AdaLN-LoRA blocks (max |w| = {largest:.3g})",
+                  stacklevel=3)
 
 
 def fuse(entry: NemoTensor, parts: list[torch.Tensor], dims: DiTDims) -> torch.Tensor:
