@@ -81,6 +81,23 @@ def save_tiny_tokenizer_diffusers(folder: str | os.PathLike, seed: int = 0) -> P
     return folder
 
 
+class _FollowInputDtype(torch.nn.Module):
+    """Runs a wrapped module in float32 and returns the input's dtype.
+
+    diffusers' Haar patch embedding casts with ``.to(hidden_states.dtype)``, which a trace records
+    as a constant dtype; wrapped like this, the traced encoder also runs after ``.to(bfloat16)``
+    (as the reference does with the real ``encoder.jit``).
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        like = x[:0]  # its own traced value: ``x.float()`` on a float32 trace input returns x itself
+        return self.inner(x.float()).type_as(like)
+
+
 class _JitEncode(torch.nn.Module):
     """encode path as the TorchScript tokenizer exports it: latent and the identity 'posterior'."""
 
@@ -98,6 +115,7 @@ def save_tiny_tokenizer_torchscript(folder: str | os.PathLike, seed: int = 0) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vae = build_tiny_vae(seed)
+    vae.encoder.patch_embed = _FollowInputDtype(vae.encoder.patch_embed)
     module = _JitEncode(vae.encoder, vae.quant_conv).eval()
     example = torch.rand(1, 3, 9, 16, 16) * 2 - 1
     with warnings.catch_warnings():

@@ -109,6 +109,15 @@ def test_causal(loaded, form):
         assert not torch.allclose(latent[:, :, k + 1], base[:, :, k + 1], atol=1e-3)
 
 
+@pytest.mark.parametrize("form", ["torchscript", "diffusers"])
+def test_other_dtype_follows_load(tiny, loaded, form):
+    """The model runs in the dtype asked for (bf16 on CUDA; float64 stands in here on CPU)."""
+    tok = VideoTokenizer.load(tiny[form], device="cpu", dtype=torch.float64)
+    assert tok.dtype == torch.float64
+    video = _video(1, 9, 16, 16, seed=6)
+    torch.testing.assert_close(tok.encode(video), loaded[form].encode(video), rtol=1e-4, atol=1e-4)
+
+
 def test_batching_equals_one_by_one(loaded):
     video = _video(3, 9, 16, 16, seed=5)
     tok = loaded["diffusers"]
