@@ -169,6 +169,8 @@ def encode_video(
         info = probe(video_path)
     except VideoError as exc:
         raise BadVideo(str(exc)) from exc
+    if info.damaged_packets:
+        raise BadVideo(f"{video_path}: {info.damaged_packets} video packet(s) cut off or corrupt after {info.num_frames} frames (truncated file?)")
     report.update(source_frames=info.num_frames, source_width=info.width, source_height=info.height, fps=info.fps)
     starts = chunk_starts(
         info.num_frames,
@@ -219,9 +221,16 @@ def encode_video(
                 )
                 report["samples"].append(prefix)
             progress.update(len(batch))
-    except VideoError as exc:  # includes TruncatedVideo: the file is broken, keep nothing of it
+    except TruncatedVideo as exc:
+        if exc.__cause__ is not None:  # a decode error: the file is broken, keep nothing of it
+            clear_folder(out_dir)
+            raise BadVideo(str(exc)) from exc
+        # fewer frames decode than the stream's packets promised (e.g. leading frames that refer
+        # to a missing picture): the complete chunks are good, the ones past the end are dropped
+        report.update(status="partial", reason=str(exc))
+        log.warning("%s", exc)
+    except VideoError as exc:
         clear_folder(out_dir)
-        report["samples"] = []
         raise BadVideo(str(exc)) from exc
     report["samples"].sort()
     return report

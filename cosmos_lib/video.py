@@ -55,6 +55,8 @@ class VideoInfo:
     stream_index: int
     codec: str
     pix_fmt: str
+    #: packets the demuxer flagged as corrupt (data cut off): a truncated or damaged file
+    damaged_packets: int = 0
 
 
 def _open(path: str) -> "av.container.InputContainer":
@@ -109,10 +111,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not width or not height:
             raise VideoError(f"{path}: video stream {stream.index} has no frame size")
         fps = _fps(stream, path)
-        count = 0
+        count = damaged = 0
         try:
             for packet in container.demux(stream):
-                if packet.size > 0 and not packet.is_corrupt and not packet.is_discard:
+                if packet.size > 0 and packet.is_corrupt:
+                    damaged += 1
+                elif packet.size > 0 and not packet.is_discard:
                     count += 1
         except FFmpegError as exc:
             raise VideoError(f"{path}: unreadable after {count} video packets ({exc.__class__.__name__}: {exc})") from exc
@@ -127,6 +131,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             stream_index=stream.index,
             codec=ctx.name,
             pix_fmt=str(ctx.pix_fmt),
+            damaged_packets=damaged,
         )
 
 
