@@ -3,8 +3,7 @@
 # The rule's output is the run's summary.json, not the checkpoints: Snakemake deletes outputs
 # before a job starts, and a re-run after a kill must resume from the latest complete checkpoint.
 
-import json
-import shlex
+import os.path
 
 TRAIN = config["train"]
 TRAIN_RUN_DIR = f"{RESULTS}/train/{TRAIN['run_name']}"
@@ -26,18 +25,13 @@ rule train_check:
     output:
         f"{TRAIN_RUN_DIR}/dataset_check.txt",
     params:
-        dataset=DATASET_DIR,
-        train=json.dumps(TRAIN),
-        model_args=lambda wildcards, input: (
-            f"--model-manifest {shlex.quote(input.model[0])}" if input.model else ""
-        ),
+        train=TRAIN,
     log:
         f"{LOGS}/train/{TRAIN['run_name']}_check.log",
     conda:
         "../envs/train.yaml"
-    shell:
-        "python -m cosmos_lib.train check --config-json {params.train:q} --dataset {params.dataset:q}"
-        " {params.model_args} > {output:q} 2> {log:q}"
+    script:
+        "../scripts/train.py"
 
 
 rule train:
@@ -50,15 +44,8 @@ rule train:
     output:
         TRAIN_SUMMARY,
     params:
-        dataset=DATASET_DIR,
-        run_dir=TRAIN_RUN_DIR,
-        train=json.dumps(TRAIN),
-        nproc=TRAIN["nproc_per_node"],
-        nnodes=TRAIN["nnodes"],
-        device=TRAIN["device"],
-        model_args=lambda wildcards, input: (
-            f"--model-manifest {shlex.quote(input.model[0])}" if input.model else ""
-        ),
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        train=TRAIN,
     log:
         f"{LOGS}/train/{TRAIN['run_name']}.log",
     threads: TRAIN["resources"]["threads"]
@@ -70,11 +57,8 @@ rule train:
         runtime=TRAIN["resources"]["runtime"],
     conda:
         "../envs/train.yaml"
-    shell:
-        "python -m cosmos_lib.launch --nproc-per-node {params.nproc} --nnodes {params.nnodes}"
-        " --device {params.device} --"
-        " -m cosmos_lib.train run --config-json {params.train:q} --dataset {params.dataset:q}"
-        " --run-dir {params.run_dir:q} {params.model_args} > {log:q} 2>&1"
+    script:
+        "../scripts/train.py"
 
 
 rule export:
@@ -85,12 +69,13 @@ rule export:
     output:
         directory(TRAIN_EXPORT),
     params:
-        run_dir=TRAIN_RUN_DIR,
+        run_dir=lambda wildcards, input: os.path.dirname(input[0]),
+        dtype="float32" if TRAIN["model"] == "tiny" else "bfloat16",
     log:
         f"{LOGS}/train/{TRAIN['run_name']}_export.log",
     resources:
         mem_mb=40000 if TRAIN["model"] != "tiny" else 2000,
     conda:
         "../envs/train.yaml"
-    shell:
-        "python -m cosmos_lib.train export --checkpoint {params.run_dir:q} --out {output:q} > {log:q} 2>&1"
+    script:
+        "../scripts/export_diffusers.py"

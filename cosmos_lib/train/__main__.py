@@ -19,6 +19,12 @@ def _config(args):
     return TrainConfig.from_json(text)
 
 
+def _dataset(args) -> str:
+    if args.dataset:
+        return args.dataset
+    return json.loads(Path(args.dataset_manifest).read_text())["dataset"]
+
+
 def _model_dir(args):
     if not args.model_manifest:
         return None
@@ -26,7 +32,7 @@ def _model_dir(args):
         from cosmos_lib.hub import read_manifest
     except ImportError:  # before cosmos_lib.hub exists: the manifest's "local_path"
         return json.loads(Path(args.model_manifest).read_text())["local_path"]
-    return str(read_manifest(args.model_manifest))
+    return str(read_manifest(args.model_manifest, "diffusion_model"))
 
 
 def main(argv=None) -> int:
@@ -36,7 +42,9 @@ def main(argv=None) -> int:
         s = sub.add_parser(name)
         s.add_argument("--config", help="JSON file with the train block")
         s.add_argument("--config-json", help="the train block as a JSON string")
-        s.add_argument("--dataset", required=True, help="flat sample folder")
+        where = s.add_mutually_exclusive_group(required=True)
+        where.add_argument("--dataset", help="flat sample folder")
+        where.add_argument("--dataset-manifest", help="the dataset rule's manifest (JSON with key 'dataset')")
         s.add_argument("--model-manifest", help="download manifest of the pretrained model (JSON)")
         if name == "run":
             s.add_argument("--run-dir", required=True)
@@ -50,17 +58,17 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         from .trainer import train
 
-        train(_config(args), dataset=args.dataset, run_dir=args.run_dir, model_dir=_model_dir(args),
+        train(_config(args), dataset=_dataset(args), run_dir=args.run_dir, model_dir=_model_dir(args),
               stop_after=args.stop_after)
     elif args.cmd == "check":
         from .data import check_dataset
         from .model import resolve_config
 
         cfg = _config(args)
-        prefixes, shape = check_dataset(args.dataset, resolve_config(cfg.model, cfg.task, _model_dir(args)),
+        prefixes, shape = check_dataset(_dataset(args), resolve_config(cfg.model, cfg.task, _model_dir(args)),
                                         video2world=cfg.task == "video2world",
                                         min_condition_frames=cfg.objective.condition_frames_min)
-        print(f"{args.dataset}: {len(prefixes)} samples, latent {shape}")
+        print(f"{_dataset(args)}: {len(prefixes)} samples, latent {shape}")
     else:
         from .export import export
 
