@@ -196,11 +196,16 @@ def encode_video(
     progress = Progress(len(starts), Path(video_path).name)
     t5 = t5_embeddings.to(sample_format.TENSOR_DTYPE)
 
+    truncated: list[TruncatedVideo] = []
+
     def clips() -> Iterator[tuple[int, int, torch.Tensor]]:
-        for indices, window in iter_chunks(frames, starts, settings.num_frames):
-            clip = torch.stack(window, dim=1)  # (3, T, H, W)
-            for index in indices:
-                yield index, starts[index], clip
+        try:
+            for indices, window in iter_chunks(frames, starts, settings.num_frames):
+                clip = torch.stack(window, dim=1)  # (3, T, H, W)
+                for index in indices:
+                    yield index, starts[index], clip
+        except TruncatedVideo as exc:  # after every complete window: let the last batch through
+            truncated.append(exc)
 
     try:
         for batch in batched(clips(), settings.batch_size):
@@ -221,7 +226,11 @@ def encode_video(
                 )
                 report["samples"].append(prefix)
             progress.update(len(batch))
-    except TruncatedVideo as exc:
+    except VideoError as exc:
+        clear_folder(out_dir)
+        raise BadVideo(str(exc)) from exc
+    if truncated:
+        exc = truncated[0]
         if exc.__cause__ is not None:  # a decode error: the file is broken, keep nothing of it
             clear_folder(out_dir)
             raise BadVideo(str(exc)) from exc
@@ -229,9 +238,6 @@ def encode_video(
         # to a missing picture): the complete chunks are good, the ones past the end are dropped
         report.update(status="partial", reason=str(exc))
         log.warning("%s", exc)
-    except VideoError as exc:
-        clear_folder(out_dir)
-        raise BadVideo(str(exc)) from exc
     report["samples"].sort()
     return report
 
