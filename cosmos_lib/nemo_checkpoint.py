@@ -500,3 +500,76 @@ def _write_zarr(sd: dict[str, torch.Tensor], out: Path, dims: DiTDims, extras) -
         else:
             t = nemo[e.nemo_key()]
             _write_zarr_array(out / e.nemo_key(), [((0,) * t.dim(), t)], tuple(t.shape), tuple(t.shape), t.dtype)
+
+
+# --- folder-to-folder conversions (the CLI and the workflow rules call these) --------------------
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+EXTRAS_FILE = "nemo_extras.safetensors"  # NeMo-only tensors kept next to a converted diffusers model
+
+
+def read_diffusers_transformer(src: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """(state dict, transformer config, NeMo extras or None) of a diffusers Cosmos transformer.
+
+    ``src``: a diffusers model folder (with ``transformer/``), a ``transformer/`` folder
+    (``config.json`` + ``diffusion_pytorch_model*.safetensors``), or a checkpoint folder of
+    :mod:`cosmos_lib.train` whose ``weights/`` still use diffusers names (``context/model_config.json``).
+    """
+    from safetensors.torch import load_file
+
+    root = Path(src)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such diffusers model folder")
+    for folder in (root / "transformer", root):
+        files = sorted(folder.glob(f"{DIFFUSERS_WEIGHTS}*.safetensors"))
+        if (folder / "config.json").is_file() and files:
+            config = json.loads((folder / "config.json").read_text())
+            sd: dict[str, torch.Tensor] = {}
+            for f in files:
+                sd.update(load_file(str(f)))
+            extras = load_file(str(folder / EXTRAS_FILE)) if (folder / EXTRAS_FILE).is_file() else None
+            return sd, config, extras
+    if (root / "context" / "model_config.json").is_file() and (root / "weights" / METADATA_FILE).is_file():
+        config = json.loads((root / "context" / "model_config.json").read_text())
+        tensors = _read_torch_dist(root / "weights")
+        if any(k.startswith(NEMO_PREFIX) for k in tensors):
+            raise ValueError(f"{root}: its weights already use NeMo's key names; it is a NeMo checkpoint")
+        return tensors, config, None
+    raise FileNotFoundError(f"{root}: neither a diffusers transformer (config.json + {DIFFUSERS_WEIGHTS}*.safetensors, "
+                            "here or in transformer/) nor a cosmos_lib training checkpoint")
+
+
+def export_nemo_to_diffusers(src: str | os.PathLike, out: str | os.PathLike, *, variant: str | None = None,
+                             dtype: torch.dtype | None = None, offdiag: str = "error") -> Path:
+    """NeMo checkpoint folder -> diffusers ``transformer`` folder (config.json + safetensors), atomically.
+
+    The NeMo-only tensors are kept in ``nemo_extras.safetensors`` so that converting back gives
+    the NeMo checkpoint bit for bit.
+    """
+    from diffusers import CosmosTransformer3DModel
+    from safetensors.torch import save_file
+
+    from cosmos_lib.nemo_layout import diffusers_config_for
+
+    sd, info = load_nemo_checkpoint(src, offdiag=offdiag, dtype=dtype)
+    config = diffusers_config_for(info.dims, variant=variant)
+    with torch.device("meta"):
+        model = CosmosTransformer3DModel(**config)
+    model.load_state_dict(sd, strict=True, assign=True)
+    with _atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in info.extras.items()}, str(tmp / EXTRAS_FILE))
+    return Path(out)
+
+
+def export_diffusers_to_nemo(src: str | os.PathLike, out: str | os.PathLike, *, backend: str = "torch_dist",
+                             dtype: torch.dtype | None = None) -> Path:
+    """diffusers transformer (or diffusers-keyed training checkpoint) -> NeMo checkpoint folder:
+    ``out/weights`` (NeMo keys, ``backend``) and ``out/context/model_config.json`` (the diffusers config)."""
+    sd, config, extras = read_diffusers_transformer(src)
+    dims = DiTDims.from_diffusers_config(config)
+    with _atomic_dir(Path(out)) as tmp:
+        save_nemo_checkpoint(sd, tmp / "weights", dims=dims, extras=extras, backend=backend, dtype=dtype)
+        (tmp / "context").mkdir()
+        (tmp / "context" / "model_config.json").write_text(json.dumps(config, indent=1, default=list))
+    return Path(out)
