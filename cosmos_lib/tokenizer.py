@@ -219,8 +219,12 @@ class VideoTokenizer:
              compile: bool = False, channels_last: bool = False) -> "VideoTokenizer":
         """Load the encoder side from a TorchScript folder, a diffusers VAE folder or a model-repo root.
 
+        Only the encoder side is loaded (for the diffusers form the decoder is never materialised).
         ``compile`` wraps the diffusers encoder in ``torch.compile``; ``channels_last`` uses
-        ``channels_last_3d`` memory for weights and input. Both off by default.
+        ``channels_last_3d`` memory for weights and input. Both off by default. Measured on one H100
+        (real CV8x8x8 architecture, random weights, 121x704x1280, bf16): eager 0.52 s/chunk at batch 1,
+        0.33 at batch 2; compile 0.30 / 0.19 after a 35-55 s first call per batch shape (results
+        within bf16 noise of eager); channels_last 0.60 / 0.53, slower.
         """
         device = torch.device(device)
         dtype = dtype or default_dtype(device)

@@ -203,9 +203,12 @@ def test_missing_subfolder(fake_cache):
 
 # --- fetch online (Hub calls replaced by fakes) -----------------------------------------------
 def _http_error(cls, status):
-    import httpx2
+    try:  # huggingface_hub >= 2 speaks httpx2, 1.x httpx
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
 
-    response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
+    response = httpx.Response(status, request=httpx.Request("GET", "https://huggingface.co/api/models/x"))
     return cls("refused", response=response)
 
 
