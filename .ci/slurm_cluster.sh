@@ -9,8 +9,12 @@
 #   .ci/slurm_cluster.sh status        # sinfo / squeue / where the logs are
 #
 # What it sets up (lightest setup that makes `sacct` list finished jobs):
-#   - munge (authentication), slurmctld (controller), slurmd (the one compute node);
+#   - munge (authentication), slurmctld (controller), slurmd (the compute node daemon);
 #   - the node has the machine's real CPUs and memory (from `slurmd -C`), no GPUs (no gres);
+#   - SLURM_TEST_NODES (default 2) slurmd daemons on this one machine, each a node of its own
+#     (slurmd -N; the first is named after this host, the others <host>-n2, ...), so that multi-node
+#     jobs (sbatch --nodes=2, srun one task per node, a torchrun c10d rendezvous) really run.
+#     Each node advertises the whole machine; only tests share it. SLURM_TEST_NODES=1: one node;
 #   - no slurmdbd / no database: accounting_storage/none, and job completion records written by
 #     jobcomp/filetxt, which `sacct -c` (--completion) reads. Plain `sacct` needs slurmdbd (and a
 #     MariaDB server), far heavier for a CI machine; `sacct -c` lists the same finished jobs with
@@ -32,6 +36,7 @@ LOG_DIR=/var/log/slurm
 STATE_DIR=/var/lib/slurm
 RUN_DIR=/run/slurm
 PARTITION="${SLURM_TEST_PARTITION:-debug}"
+NODES="${SLURM_TEST_NODES:-2}"
 WAIT_S="${SLURM_CLUSTER_WAIT_S:-60}"
 
 log() { echo "[slurm_cluster] $*" >&2; }
@@ -41,25 +46,32 @@ print_where() {
     cat >&2 <<EOF
 [slurm_cluster] config:            $CONF
 [slurm_cluster] controller log:    $LOG_DIR/slurmctld.log
-[slurm_cluster] node daemon log:   $LOG_DIR/slurmd.log
+[slurm_cluster] node daemon logs:  $LOG_DIR/slurmd-<node>.log
 [slurm_cluster] munge log:         /var/log/munge/munged.log
 [slurm_cluster] job completions:   $LOG_DIR/jobcomp.log   (read with: sacct -c)
 EOF
 }
 
+node_names() {
+    # the first node is this host (its name resolves here: it is the rendezvous host of
+    # multi-node jobs), then <host>-n2, <host>-n3, ...
+    local host i
+    host=$(hostname -s)
+    echo "$host"
+    for ((i = 2; i <= NODES; i++)); do echo "$host-n$i"; done
+}
+
 cluster_answers() {
-    # true when the controller answers and the node is usable (idle, mixed or allocated)
-    local state
-    state=$(timeout 10 sinfo -h -p "$PARTITION" -o '%T' 2>/dev/null | head -n1) || return 1
-    case "$state" in
-        idle*|mix*|alloc*|completing*) return 0 ;;
-        *) return 1 ;;
-    esac
+    # true when the controller answers and all nodes are usable (idle, mixed or allocated)
+    local states n_up
+    states=$(timeout 10 sinfo -h -N -p "$PARTITION" -o '%T' 2>/dev/null) || return 1
+    n_up=$(grep -c -E '^(idle|mix|alloc|completing)' <<<"$states" || true)
+    [[ $n_up -ge $NODES ]]
 }
 
 cmd_status() {
     if command -v sinfo >/dev/null && cluster_answers; then
-        sinfo >&2
+        sinfo -N >&2
         squeue >&2 || true
         print_where
         return 0
@@ -82,8 +94,16 @@ stop_daemon() {
     rm -f "$pidfile"
 }
 
+stop_slurmds() {
+    local pidfile
+    for pidfile in "$RUN_DIR"/slurmd-*.pid "$RUN_DIR"/slurmd.pid; do
+        [[ -e $pidfile ]] && stop_daemon "slurmd $(basename "$pidfile" .pid)" "$pidfile"
+    done
+    return 0
+}
+
 cmd_stop() {
-    stop_daemon slurmd "$RUN_DIR/slurmd.pid"
+    stop_slurmds
     stop_daemon slurmctld "$RUN_DIR/slurmctld.pid"
     stop_daemon munged /run/munge/munged.pid
 }
@@ -141,13 +161,15 @@ write_config() {
 
     install -d -m 0755 "$CONF_DIR" "$LOG_DIR" "$RUN_DIR"
     install -d -m 0755 "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
+    local name
+    for name in $(node_names); do install -d -m 0755 "$STATE_DIR/slurmd/$name"; done
     chown -R slurm:slurm "$STATE_DIR/slurmctld" "$LOG_DIR"
 
     local tmp
     tmp=$(mktemp "$CONF_DIR/.slurm.conf.XXXXXX")
     cat >"$tmp" <<EOF
 $MARKER
-# One-node test cluster on localhost. Not for production.
+# Test cluster on this one machine (localhost). Not for production.
 ClusterName=localcluster
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
@@ -161,11 +183,12 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 ReturnToService=2
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+# %n: one pid file, spool folder and log per node (several slurmd on this machine)
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 StateSaveLocation=$STATE_DIR/slurmctld
-SlurmdSpoolDir=$STATE_DIR/slurmd
+SlurmdSpoolDir=$STATE_DIR/slurmd/%n
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # scheduling: CPUs and memory are consumable, so --mem / --cpus-per-task are enforced by the scheduler
@@ -181,16 +204,24 @@ MinJobAge=3600
 InactiveLimit=0
 KillWait=10
 Waittime=0
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+    # one line per node: all on this machine, each slurmd on its own port
+    local port=17001 names=()
+    for name in $(node_names); do
+        echo "NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem State=UNKNOWN" >>"$tmp"
+        names+=("$name")
+        port=$((port + 1))
+    done
+    local IFS=,
+    echo "PartitionName=$PARTITION Nodes=${names[*]} Default=YES MaxTime=INFINITE State=UP" >>"$tmp"
+    unset IFS
     chmod 0644 "$tmp"
     if [[ -f $CONF ]] && cmp -s "$tmp" "$CONF"; then
         rm -f "$tmp"
         return 1  # unchanged
     fi
     mv -f "$tmp" "$CONF"
-    log "wrote $CONF (node $host: $cpus CPUs, $mem MB)"
+    log "wrote $CONF ($NODES node(s) on $host, each $cpus CPUs, $mem MB)"
     return 0
 }
 
@@ -214,27 +245,34 @@ cmd_start() {
     write_config && changed=1
     if ((changed)); then
         # a new configuration: restart what runs with the old one
-        stop_daemon slurmd "$RUN_DIR/slurmd.pid"
+        stop_slurmds
         stop_daemon slurmctld "$RUN_DIR/slurmctld.pid"
     fi
     if ! daemon_running "$RUN_DIR/slurmctld.pid"; then
         log "starting slurmctld"
-        # -i: ignore state files from an earlier configuration
-        slurmctld -i || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
+        # after a configuration change, -i ignores the state files of the earlier one
+        local flags=()
+        ((changed)) && flags=(-i)
+        slurmctld "${flags[@]}" || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
     fi
-    if ! daemon_running "$RUN_DIR/slurmd.pid"; then
-        log "starting slurmd"
-        slurmd || die "slurmd failed to start (see $LOG_DIR/slurmd.log)"
-    fi
+    local name
+    for name in $(node_names); do
+        if ! daemon_running "$RUN_DIR/slurmd-$name.pid"; then
+            log "starting slurmd for node $name"
+            slurmd -N "$name" || die "slurmd -N $name failed to start (see $LOG_DIR/slurmd-$name.log)"
+        fi
+    done
     local t0=$SECONDS
     until cluster_answers; do
         if ((SECONDS - t0 > WAIT_S)); then
             sinfo -N -l >&2 || true
-            tail -n 20 "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" >&2 || true
+            tail -n 20 "$LOG_DIR"/slurmctld.log "$LOG_DIR"/slurmd-*.log >&2 || true
             die "node not idle after ${WAIT_S}s"
         fi
         # a node marked down by an earlier run comes back here
-        scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
+        for name in $(node_names); do
+            scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true
+        done
         sleep 1
     done
     log "cluster up in $((SECONDS - t0))s"

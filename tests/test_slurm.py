@@ -130,12 +130,27 @@ def _slurm_jobs_from_logs(logdir: Path) -> dict[str, str]:
     return jobs
 
 
-def _sacct_completion() -> dict[str, str]:
-    """job id -> state, from the job completion records (`sacct -c`, no slurmdbd needed)."""
-    out = subprocess.run(["sacct", "-c", "-n", "-P", "--format=JobID,JobName,State,ExitCode"],
+def _run_uuid(output: str) -> str:
+    """The plugin names every job of a run after the run's UUID ("SLURM run ID: <uuid>")."""
+    m = re.search(r"SLURM run ID: (\S+)", output)
+    assert m, "the SLURM executor did not start (no 'SLURM run ID' in Snakemake's output)"
+    return m.group(1)
+
+
+def _sacct_completion(run_uuid: str) -> dict[str, str]:
+    """job id -> state of a run's jobs, from the job completion records (`sacct -c`, which needs no
+    slurmdbd); jobs are selected by name, so records of earlier runs (or reused ids) do not count."""
+    out = subprocess.run(["sacct", "-c", "-n", "-P", "--name", run_uuid,
+                          "--format=JobID,JobName,State,ExitCode"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, f"sacct -c failed: {out.stderr}"
-    return {line.split("|")[0]: line.split("|")[2] for line in out.stdout.splitlines() if line.strip()}
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+    return {row[0]: row[2] for row in rows if row[1] == run_uuid}
+
+
+def _idle_nodes() -> int:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    return sum(1 for s in out.stdout.split() if s.startswith("idle"))
 
 
 def _squeue_comments(job_ids) -> dict[str, str]:
@@ -191,7 +206,8 @@ def test_demo_dataset_through_sbatch(slurm_run):
     # 5 demo videos, one group job: several videos per SLURM job
     assert len([n for n in names if n != "encode_prompts"]) < 5
 
-    states = _sacct_completion()
+    states = _sacct_completion(_run_uuid(r.stdout + r.stderr))
+    assert set(states) == set(jobs), f"sacct -c: {states}, the plugin's logs: {jobs}"
     for job_id, name in jobs.items():
         assert states.get(job_id) == "COMPLETED", f"sacct -c has job {job_id} ({name}) as {states.get(job_id)}"
     comments = _squeue_comments(jobs)
@@ -213,7 +229,7 @@ def test_demo_training_through_sbatch(slurm_run):
     jobs = {j: n for j, n in _slurm_jobs_from_logs(work / "logs" / "slurm").items() if j not in before}
     assert "train" in jobs.values(), jobs
     assert "train_check" not in jobs.values()  # a local rule
-    states = _sacct_completion()
+    states = _sacct_completion(_run_uuid(r.stdout + r.stderr))
     train_id = next(j for j, n in jobs.items() if n == "train")
     assert states.get(train_id) == "COMPLETED", states
     # the launcher ran torchrun inside the SLURM job
@@ -277,3 +293,56 @@ def test_slurm_profile_dry_run_puts_videos_in_one_gpu_group_job(tmp_path, monkey
     assert encode and all("gpu=1" in b and "gpu_model=h100" in b and "cpus_per_gpu=8" in b for b in encode)
     # the five demo videos make one group job (group-components encode: 16)
     assert out.count("Group job encode") == 1
+
+
+_ALLREDUCE = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([dist.get_rank() + 1])
+dist.all_reduce(t)
+with open(f"rank{os.environ['RANK']}.txt", "w") as f:
+    print(int(t), os.environ["WORLD_SIZE"], os.environ.get("SLURMD_NODENAME"), file=f)
+dist.destroy_process_group()
+"""
+
+_MULTINODE_SNAKEFILE = """
+from cosmos_lib.launch import slurm_resources
+
+rule train:
+    output: "ranks.txt"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+        **slurm_resources(2, 2, "cpu"),
+    shell:
+        "python -m cosmos_lib.launch --nproc-per-node 2 --nnodes 2 --device cpu -- allreduce.py"
+        " && cat rank0.txt rank1.txt rank2.txt rank3.txt > {output}"
+"""
+
+
+@pytest.mark.slurm
+def test_multi_node_launch_through_snakemake_and_srun(tmp_path):
+    """The multi-node training path, for real: a rule with slurm_resources(2 per node, 2 nodes)
+    goes through the plugin (sbatch --nodes=2 --ntasks=2, the jobstep's mpi path), the launcher
+    starts one srun task per node, and the two torchrun agents meet in a c10d rendezvous on the
+    first node: 4 ranks on 2 SLURM nodes reduce 1+2+3+4."""
+    if _idle_nodes() < 2:
+        pytest.skip("needs 2 idle SLURM nodes (.ci/slurm_cluster.sh starts 2 on one machine)")
+    (tmp_path / "Snakefile").write_text(_MULTINODE_SNAKEFILE)
+    (tmp_path / "allreduce.py").write_text(_ALLREDUCE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([*SNAKEMAKE, "--executor", "slurm", "--jobs", "1", "--workflow-profile", "none",
+                        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+                        "--slurm-keep-successful-logs"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text() for p in (tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:] + logs[-3000:]
+    ranks = [line.split() for line in (tmp_path / "ranks.txt").read_text().splitlines()]
+    assert len(ranks) == 4 and all(rank[:2] == ["10", "4"] for rank in ranks), ranks
+    assert len({rank[2] for rank in ranks}) == 2, f"ranks not on 2 SLURM nodes: {ranks}"
+    assert "--rdzv_backend c10d" in logs and "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in logs
+    states = _sacct_completion(_run_uuid(r.stdout + r.stderr))
+    assert list(states.values()) == ["COMPLETED"], states
