@@ -1,0 +1,200 @@
+"""End to end on CPU: overfitting, data parallel == single process, kill + resume, checkpoints
+read by megatron-core and by us, export to diffusers. Tiny model, small latents, gloo."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cosmos_lib import sample_format as sf
+from cosmos_lib.train import checkpoint
+from cosmos_lib.train.config import TrainConfig
+from cosmos_lib.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (16, 3, 4, 4)
+BASE = {"model": "tiny", "num_workers": 0, "lr": 3e-3, "warmup_steps": 2, "activation_checkpointing": False,
+        "seed": 5, "device": "cpu"}
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _write(folder, prefix, latent, fps=24.0, seed=0):
+    sf.write_sample(folder, prefix,
+                    info=sf.make_info(height=32, width=32, fps=fps, num_frames=17, video_path="v.mp4", start_frame=0),
+                    video_latent=latent, conditioning_latent=latent,
+                    t5_embeddings=torch.randn(512, 1024, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dataset")
+    for i in range(5):
+        g = torch.Generator().manual_seed(100 + i)
+        _write(folder, f"vid{i}_c0000", torch.randn(SHAPE, generator=g), seed=i)
+    return folder
+
+
+def _losses(run_dir):
+    """step -> loss, the last record of each step (a killed attempt may have logged it too)."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def _run(cfg, dataset, run_dir, **kw):
+    return train(TrainConfig.from_dict({**BASE, **cfg}), dataset=dataset, run_dir=run_dir, **kw)
+
+
+def _cli(cfg, dataset, run_dir, nproc=None, extra=()):
+    args = ["-m", "cosmos_lib.train", "run", "--config-json", json.dumps({**BASE, **cfg}),
+            "--dataset", str(dataset), "--run-dir", str(run_dir), *extra]
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    else:
+        cmd = [sys.executable, *args]
+    return subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_model_overfits_one_sample(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    c, t, h, w = torch.meshgrid(*(torch.arange(float(n)) for n in SHAPE), indexing="ij")
+    _write(folder, "only_c0000", torch.sin(0.7 * c + 0.4 * t + 0.9 * h + 0.6 * w))
+    _run({"max_steps": 100, "global_batch_size": 8, "micro_batch_size": 8, "save_every": 1000}, folder, tmp_path / "run")
+    losses = [v for _, v in sorted(_losses(tmp_path / "run").items())]
+    first, last = sum(losses[:3]) / 3, sum(losses[-10:]) / 10
+    assert last < first / 3, (first, last)
+
+
+def test_two_gloo_ranks_match_one_process(dataset, tmp_path):
+    cfg = {"max_steps": 4, "global_batch_size": 4, "save_every": 4}
+    _run({**cfg, "micro_batch_size": 2}, dataset, tmp_path / "one")  # 1 rank: 2 micro-batches of 2
+    res = _cli({**cfg, "micro_batch_size": 1}, dataset, tmp_path / "two", nproc=2)  # 2 ranks x 2 x 1
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6)
+    assert len(set(round(v, 6) for v in one.values())) == 4  # the steps really differ
+    # and the trained weights agree
+    a, b = _load_ours(tmp_path / "one" / "checkpoints" / "step=4"), _load_ours(tmp_path / "two" / "checkpoints" / "step=4")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # two ranks wrote two shard files, nothing was gathered
+    assert len(list((tmp_path / "two" / "checkpoints" / "step=4" / "weights").glob("*.distcp"))) == 2
+
+
+def _load_ours(path):
+    from cosmos_lib.train.model import build_model
+
+    model = build_model(checkpoint.read_model_config(path))
+    checkpoint.load_full_model_state(path, model)
+    return model.state_dict()
+
+
+def test_kill_and_resume_gives_the_same_losses(dataset, tmp_path):
+    cfg = {"max_steps": 5, "global_batch_size": 2, "micro_batch_size": 1, "save_every": 2}
+    _run(cfg, dataset, tmp_path / "ref")
+    ref = _losses(tmp_path / "ref")
+
+    killed = tmp_path / "killed"
+    res = _cli(cfg, dataset, killed, extra=["--stop-after", "3"])  # dies right after step 3, no cleanup
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert checkpoint.latest_complete(killed).name == "step=2"
+    assert not (killed / "summary.json").exists()
+    # a checkpoint that a kill interrupted (no COMPLETE marker) is never resumed from
+    broken = checkpoint.step_dir(killed, 3)
+    (broken / "weights").mkdir(parents=True)
+    assert checkpoint.latest_complete(killed).name == "step=2"
+
+    summary = _run(cfg, dataset, killed)
+    resumed = _losses(killed)
+    for step in (3, 4, 5):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
+    assert summary["step"] == 5 and Path(summary["checkpoint"]).name == "step=5"
+    assert json.loads((killed / "summary.json").read_text())["step"] == 5
+    a, b = _load_ours(tmp_path / "ref" / "checkpoints" / "step=5"), _load_ours(killed / "checkpoints" / "step=5")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+    # nothing left to do: a re-run returns at once, with the same checkpoint
+    again = _run(cfg, dataset, killed)
+    assert again["step"] == 5 and _losses(killed) == resumed
+
+
+MEGATRON_READ = textwrap.dedent("""
+    import json, sys
+    import torch
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    if __name__ == "__main__":
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+        meta = dist_checkpointing.load_tensors_metadata(sys.argv[1])
+        loaded = dist_checkpointing.load(meta, sys.argv[1])
+        tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        torch.save(tensors, sys.argv[3])
+        print(json.dumps({"common": {k: v for k, v in loaded.items() if not isinstance(v, torch.Tensor)}}))
+        dist.destroy_process_group()
+""")
+
+
+def test_checkpoint_layout_megatron_load_and_export(dataset, tmp_path):
+    _run({"max_steps": 2, "global_batch_size": 2, "save_every": 1, "task": "video2world", "micro_batch_size": 2},
+         dataset, tmp_path / "run")
+    ckpt = checkpoint.latest_complete(tmp_path / "run")
+    assert ckpt.name == "step=2" and (ckpt / "COMPLETE").is_file()
+    assert json.loads((ckpt / "weights" / "metadata.json").read_text()) == {
+        "sharded_backend": "torch_dist", "sharded_backend_version": 1,
+        "common_backend": "torch", "common_backend_version": 1}
+    assert (ckpt / "weights" / "common.pt").is_file()
+    assert checkpoint.read_model_config(ckpt)["in_channels"] == 17
+    ours = _load_ours(ckpt)
+
+    script = tmp_path / "read_megatron.py"
+    script.write_text(MEGATRON_READ)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run([sys.executable, str(script), str(ckpt / "weights"), str(port), str(tmp_path / "mc.pt")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["common"]["step"] == 2
+    megatron = torch.load(tmp_path / "mc.pt", weights_only=True)
+    assert set(megatron) == set(ours)
+    for key in ours:
+        assert torch.equal(megatron[key], ours[key]), key
+
+    from cosmos_lib.train.export import export
+    from cosmos_lib.train.model import transformer_class
+
+    out = export(tmp_path / "run", tmp_path / "export" / "transformer", dtype="float32")
+    model = transformer_class().from_pretrained(out)
+    assert model.config.in_channels == 17
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ours[key]), key
+
+
+def test_bad_dataset_fails_before_training(tmp_path):
+    from cosmos_lib.sample_format import SampleError
+
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(SampleError, match="is empty"):
+        _run({"max_steps": 1, "global_batch_size": 1}, tmp_path / "ds", tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
