@@ -18,8 +18,9 @@ inference does).
 
 Public API:
 
-* :func:`find_weights_dir`, :func:`read_nemo_tensors`, :func:`load_nemo_checkpoint` (any NeMo
-  Cosmos-1.0 checkpoint -> diffusers state dict; both backends; no process group needed);
+* :func:`find_weights_dir`, :func:`is_nemo_checkpoint`, :func:`read_nemo_tensors`,
+  :func:`load_nemo_checkpoint`, :func:`load_nemo_as_diffusers` (any NeMo Cosmos-1.0 checkpoint ->
+  diffusers state dict (+ config); both backends; no process group needed);
 * :func:`save_nemo_checkpoint` (diffusers state dict -> NeMo-keyed ``weights/``, torch_dist or
   zarr, written atomically; megatron-core 0.16.1 ``dist_checkpointing.load`` reads it);
 * :func:`to_nemo_dcp` / :func:`from_nemo_dcp`: the key mapping for a trainer that calls
@@ -74,6 +75,24 @@ def find_weights_dir(path: str | os.PathLike) -> Path:
             return cand
     raise FileNotFoundError(f"{root}: not a NeMo distributed checkpoint (no {METADATA_FILE} in it, "
                             "in weights/, nemo/weights/ or nemo/)")
+
+
+def is_nemo_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is (or holds) a NeMo ``weights`` folder whose tensors use NeMo's key names."""
+    try:
+        weights = find_weights_dir(path)
+        backend = read_backend(weights)
+    except (FileNotFoundError, ValueError):
+        return False
+    if backend == "zarr":
+        return any(p.name.startswith(NEMO_PREFIX) for p in weights.iterdir())
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        keys = dcp.FileSystemReader(str(weights)).read_metadata().state_dict_metadata
+    except Exception:  # noqa: BLE001 - unreadable means: not one we can use
+        return False
+    return any(k.startswith(NEMO_PREFIX) for k in keys)
 
 
 def read_backend(weights: Path) -> str:
@@ -141,14 +160,10 @@ def _read_zarr_array(folder: Path) -> torch.Tensor:
     for idx in np.ndindex(*[len(g) for g in grid]):
         name = sep.join(map(str, idx)) if shape else "0"
         chunk_file = folder / name
+        sl = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape))
         if not chunk_file.is_file():
             if meta.get("fill_value") is None:
                 raise ValueError(f"{folder}: chunk {name} is missing and the array has no fill value")
-            continue_fill = True
-        else:
-            continue_fill = False
-        sl = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape))
-        if continue_fill:
             out[sl] = float(meta["fill_value"])
             continue
         raw = chunk_file.read_bytes()
@@ -194,6 +209,16 @@ def load_nemo_checkpoint(path: str | os.PathLike, *, offdiag: str = "error",
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     return sd, NemoCheckpointInfo(weights, backend, dims, nemo_extras(tensors))
+
+
+def load_nemo_as_diffusers(path: str | os.PathLike, *, variant: str | None = None, dtype: torch.dtype | None = None,
+                           offdiag: str = "error") -> tuple[dict[str, torch.Tensor], dict]:
+    """(diffusers state dict, ``CosmosTransformer3DModel`` config) of a NeMo checkpoint: what a
+    trainer's ``init_from`` needs to start from NVIDIA's NeMo weights (or from ours)."""
+    from cosmos_lib.nemo_layout import diffusers_config_for
+
+    sd, info = load_nemo_checkpoint(path, offdiag=offdiag, dtype=dtype)
+    return sd, diffusers_config_for(info.dims, variant=variant)
 
 
 # --- chunk plans: which pieces of which NeMo tensor this rank holds -----------------------------
@@ -329,7 +354,7 @@ def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
     from each rank's local rows, which needs the heads to divide evenly over the ranks (else
     ValueError). NeMo-only tensors are held by rank 0.
     """
-    local_sd = {k: v for k, v in state_dict.items()}
+    local_sd = state_dict
     dims = dims or dims_from_diffusers_shapes({k: tuple(v.shape) for k, v in local_sd.items()})
     any_tensor = next(iter(local_sd.values()))
     like = any_tensor.to_local() if hasattr(any_tensor, "to_local") else any_tensor

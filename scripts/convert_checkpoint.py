@@ -9,8 +9,6 @@ its ``transformer/`` folder, or a cosmos_lib training checkpoint with diffusers-
 Also runs as the Snakemake script of rules/convert.smk.
 """
 
-from __future__ import annotations
-
 import argparse
 import logging
 import sys

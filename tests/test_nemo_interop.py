@@ -379,6 +379,24 @@ def test_zarr_checkpoint_written_by_the_zarr_library(tmp_path):
     assert torch.equal(torch.from_numpy(zarr.open(str(ours / key), "r")[...]), nemo[key].float())
 
 
+def test_nemo_dcp_keys_single_process(tmp_path):
+    """to_nemo_dcp / from_nemo_dcp on plain tensors: dcp.load into the NeMo-keyed view of a zeroed
+    state dict gives back the saved diffusers tensors; helpers for init_from see the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+
+    dims = L.DiTDims.from_diffusers_config(TINY)
+    sd = random_state_dict(dims, seed=7)
+    K.save_nemo_checkpoint(sd, tmp_path / "ckpt" / "weights")
+    assert K.is_nemo_checkpoint(tmp_path / "ckpt") and not K.is_nemo_checkpoint(tmp_path)
+    with K.single_process_group():
+        target = K.to_nemo_dcp({k: torch.zeros_like(v) for k, v in sd.items()}, dims)
+        dcp.load(target, checkpoint_id=str(tmp_path / "ckpt" / "weights"), no_dist=True)
+        back = K.from_nemo_dcp(target)
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    sd2, cfg = K.load_nemo_as_diffusers(tmp_path / "ckpt")
+    assert L.DiTDims.from_diffusers_config(cfg) == dims and all(torch.equal(sd2[k], sd[k]) for k in sd)
+
+
 def test_checkpoint_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a NeMo distributed checkpoint"):
         K.load_nemo_checkpoint(tmp_path)
