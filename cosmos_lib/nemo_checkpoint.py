@@ -328,21 +328,33 @@ class NemoDCPStateDict(dict):
     dims: DiTDims
 
 
-def _sharded_tensor(key: str, shape: tuple[int, ...], chunks: list[_Chunk], like: torch.Tensor):
+def _sharded_tensor(key: str, shape: tuple[int, ...], chunks: list[_Chunk], like: torch.Tensor, dtype: torch.dtype):
     from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata, ShardMetadata
     from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
 
     me = _rank()
-    dev = like.device.type
     local = [Shard.from_tensor_and_offsets(c.data.contiguous() if not c.data.is_contiguous() else c.data,
                                            list(c.offsets), me) for c in chunks if c.rank == me]
     metadata = ShardedTensorMetadata(
-        shards_metadata=[ShardMetadata(list(c.offsets), list(c.sizes), f"rank:{c.rank}/{dev}") for c in chunks],
+        shards_metadata=[ShardMetadata(list(c.offsets), list(c.sizes),
+                                       f"rank:{c.rank}/{like.device if c.rank == me else like.device.type}")
+                         for c in chunks],
         size=torch.Size(shape),
-        tensor_properties=TensorProperties(dtype=like.dtype, layout=torch.strided, requires_grad=False,
+        tensor_properties=TensorProperties(dtype=dtype, layout=torch.strided, requires_grad=False,
                                            memory_format=torch.contiguous_format, pin_memory=False))
     return ShardedTensor._init_from_local_shards_and_global_metadata(local, sharded_tensor_metadata=metadata,
                                                                     process_group=None)
+
+
+def _whole_tensor(shape: tuple[int, ...], chunks: list[_Chunk], dtype: torch.dtype) -> torch.Tensor:
+    """The full tensor of one key from all its chunks (single process); each chunk's data becomes
+    a view of its region, so that ``dcp.load`` into the whole tensor fills the chunks too."""
+    buf = torch.empty(shape, dtype=dtype, device=chunks[0].data.device)
+    for c in chunks:
+        region = buf[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes))]
+        region.copy_(c.data)
+        c.data = region
+    return buf
 
 
 def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
@@ -350,7 +362,8 @@ def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
     """diffusers state dict (plain tensors or FSDP2 ``Shard(0)`` DTensors) -> NeMo-keyed
     ``ShardedTensor`` dict in the stacked dist-checkpoint layout, ready for ``dcp.save``/``dcp.load``.
 
-    Needs an initialised process group (see :func:`single_process_group`). Fused heads are built
+    With a process group, values are ``ShardedTensor`` of this rank's pieces (no copies of plain
+    sources); without one (a single process), whole tensors (one copy). Fused heads are built
     from each rank's local rows, which needs the heads to divide evenly over the ranks (else
     ValueError). NeMo-only tensors are held by rank 0.
     """
@@ -365,6 +378,7 @@ def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
     pieces: list[_Piece] = []
     by_key: dict[str, list[_Chunk]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, torch.dtype] = {}
     used: set[str] = set()
     for e in entries(dims):
         if e.fusion == NEMO_ONLY:
@@ -373,6 +387,7 @@ def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
             piece = _plan_entry(NemoTensor(e.name, ("-",), COPY, e.shape, None, e.ref), None, [rows], dims)
             by_key[e.nemo_key()] = piece.chunks
             shapes[e.nemo_key()] = e.shape(dims)
+            dtypes[e.nemo_key()] = t.dtype
             continue
         layers = range(dims.num_layers) if e.per_layer else [None]
         key = e.sharded_key() if e.per_layer else e.nemo_key()
@@ -384,12 +399,18 @@ def to_nemo_dcp(state_dict: dict[str, Any], dims: DiTDims | None = None, *,
                 raise ValueError(f"state dict lacks {missing} (needed for NeMo {e.nemo_key(i)})")
             used.update(names)
             piece = _plan_entry(e, i, [_rows_of(local_sd[n]) for n in names], dims)
+            dtypes[key] = local_sd[names[0]].dtype
             pieces.append(piece)
             by_key.setdefault(key, []).extend(piece.chunks)
     unused = sorted(set(local_sd) - used)
     if unused:
         raise ValueError(f"tensors with no place in NeMo's Cosmos-1.0 layout: {unused[:8]}")
-    out = NemoDCPStateDict({k: _sharded_tensor(k, shapes[k], c, like) for k, c in by_key.items()})
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        out = NemoDCPStateDict({k: _sharded_tensor(k, shapes[k], c, like, dtypes[k]) for k, c in by_key.items()})
+    else:  # one process, no process group: whole tensors whose regions the chunks become views of
+        out = NemoDCPStateDict({k: _whole_tensor(shapes[k], c, dtypes[k]) for k, c in by_key.items()})
     out.pieces = pieces
     out.dims = dims
     return out

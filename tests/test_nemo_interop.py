@@ -286,6 +286,7 @@ def test_forward_after_nemo_checkpoint_round_trip(tmp_path):
 def test_checkpoint_backends_round_trip(tmp_path, backend, dtype):
     dims = L.DiTDims.from_diffusers_config(TINY)
     sd = random_state_dict(dims, dtype=dtype)
+    sd["learnable_pos_embed.pos_emb_t"] = sd["learnable_pos_embed.pos_emb_t"].double()  # a key of its own dtype
     weights = K.save_nemo_checkpoint(sd, tmp_path / "nemo" / "weights", backend=backend)
     meta = json.loads((weights / "metadata.json").read_text())
     assert meta == {"sharded_backend": backend, "sharded_backend_version": 1, "common_backend": "torch",
@@ -294,11 +295,12 @@ def test_checkpoint_backends_round_trip(tmp_path, backend, dtype):
     tensors = K.read_nemo_tensors(weights)
     expected = C.stack_layers(C.diffusers_to_nemo(sd), dims)
     assert tensors.keys() == expected.keys()
-    assert all(torch.equal(tensors[k], expected[k]) and tensors[k].dtype == dtype for k in expected)
+    assert all(torch.equal(tensors[k], expected[k]) and tensors[k].dtype == expected[k].dtype for k in expected)
+    assert tensors["module.extra_pos_embedder.pos_emb_t"].dtype == torch.float64
     for where in (weights, tmp_path / "nemo", tmp_path):  # weights/, checkpoint dir, HF snapshot root
         back, info = K.load_nemo_checkpoint(where)
         assert info.backend == backend and info.dims == dims
-        assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+        assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) and back[k].dtype == sd[k].dtype for k in sd)
     if backend == "zarr":  # one chunk per layer, as megatron's zarr strategy wrote it
         zarray = json.loads((weights / "module.decoder.layers.mlp.linear_fc1.weight" / ".zarray").read_text())
         assert zarray["chunks"] == [1, dims.ffn_dim, dims.hidden] and zarray["compressor"] is None
@@ -379,7 +381,8 @@ def test_zarr_checkpoint_written_by_the_zarr_library(tmp_path):
     assert torch.equal(torch.from_numpy(zarr.open(str(ours / key), "r")[...]), nemo[key].float())
 
 
-def test_nemo_dcp_keys_single_process(tmp_path):
+@pytest.mark.parametrize("with_group", [True, False])
+def test_nemo_dcp_keys_single_process(tmp_path, with_group):
     """to_nemo_dcp / from_nemo_dcp on plain tensors: dcp.load into the NeMo-keyed view of a zeroed
     state dict gives back the saved diffusers tensors; helpers for init_from see the checkpoint."""
     import torch.distributed.checkpoint as dcp
@@ -388,10 +391,16 @@ def test_nemo_dcp_keys_single_process(tmp_path):
     sd = random_state_dict(dims, seed=7)
     K.save_nemo_checkpoint(sd, tmp_path / "ckpt" / "weights")
     assert K.is_nemo_checkpoint(tmp_path / "ckpt") and not K.is_nemo_checkpoint(tmp_path)
-    with K.single_process_group():
+    import contextlib
+
+    with K.single_process_group() if with_group else contextlib.nullcontext():
         target = K.to_nemo_dcp({k: torch.zeros_like(v) for k, v in sd.items()}, dims)
         dcp.load(target, checkpoint_id=str(tmp_path / "ckpt" / "weights"), no_dist=True)
         back = K.from_nemo_dcp(target)
+        dcp.save(target, checkpoint_id=str(tmp_path / "again"), no_dist=True)
+    again = K._read_torch_dist(tmp_path / "again")
+    first = K._read_torch_dist(tmp_path / "ckpt" / "weights")
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
     sd2, cfg = K.load_nemo_as_diffusers(tmp_path / "ckpt")
     assert L.DiTDims.from_diffusers_config(cfg) == dims and all(torch.equal(sd2[k], sd[k]) for k in sd)
