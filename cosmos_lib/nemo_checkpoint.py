@@ -225,7 +225,10 @@ def load_nemo_as_diffusers(path: str | os.PathLike, *, variant: str | None = Non
 
 @dataclass
 class _Rows:
-    """One diffusers tensor as rows owned by ranks: [(rank, start, size)], plus this rank's rows."""
+    """One diffusers tensor as rows owned by ranks: [(rank, start, size)], plus this rank's rows.
+
+    A plain (or replicated) tensor is claimed whole by every rank; ``dcp.save`` writes one copy
+    (identical write items are deduplicated) and ``dcp.load`` fills every rank's copy."""
 
     tensor: Any                 # the source (plain tensor or DTensor), for rebuilding
     shape: tuple[int, ...]
@@ -246,9 +249,8 @@ def _rows_of(t) -> _Rows:
         return _Rows(t, tuple(t.shape), [(me, 0, t.shape[0])], t)
     placements = tuple(t.placements)
     mesh = t.device_mesh
-    if all(isinstance(p, Replicate) for p in placements):
-        owner = int(mesh.mesh.flatten()[0])
-        return _Rows(t, tuple(t.shape), [(owner, 0, t.shape[0])], t.to_local() if me == owner else None)
+    if all(isinstance(p, Replicate) for p in placements):  # like a plain tensor: every rank has it all
+        return _Rows(t, tuple(t.shape), [(me, 0, t.shape[0])], t.to_local())
     if mesh.ndim != 1 or placements != (Shard(0),):
         raise NotImplementedError(f"NeMo checkpoint keys support FSDP Shard(0) on a 1-D mesh, not {placements}")
     n, world = t.shape[0], mesh.size()
