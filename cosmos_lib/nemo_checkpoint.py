@@ -553,7 +553,8 @@ def _write_zarr(sd: dict[str, torch.Tensor], out: Path, dims: DiTDims, extras) -
 # --- folder-to-folder conversions (the CLI and the workflow rules call these) --------------------
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
-EXTRAS_FILE = "nemo_extras.safetensors"  # NeMo-only tensors kept next to a converted diffusers model
+# NeMo-only tensors kept next to a converted diffusers model (not *.safetensors: loaders glob those)
+EXTRAS_FILE = "nemo_extras.pt"
 
 
 def read_diffusers_transformer(src: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
@@ -575,7 +576,8 @@ def read_diffusers_transformer(src: str | os.PathLike) -> tuple[dict[str, torch.
             sd: dict[str, torch.Tensor] = {}
             for f in files:
                 sd.update(load_file(str(f)))
-            extras = load_file(str(folder / EXTRAS_FILE)) if (folder / EXTRAS_FILE).is_file() else None
+            extras = (torch.load(folder / EXTRAS_FILE, weights_only=True) if (folder / EXTRAS_FILE).is_file()
+                      else None)
             return sd, config, extras
     if (root / "context" / "model_config.json").is_file() and (root / "weights" / METADATA_FILE).is_file():
         config = json.loads((root / "context" / "model_config.json").read_text())
@@ -591,11 +593,10 @@ def export_nemo_to_diffusers(src: str | os.PathLike, out: str | os.PathLike, *, 
                              dtype: torch.dtype | None = None, offdiag: str = "error") -> Path:
     """NeMo checkpoint folder -> diffusers ``transformer`` folder (config.json + safetensors), atomically.
 
-    The NeMo-only tensors are kept in ``nemo_extras.safetensors`` so that converting back gives
+    The NeMo-only tensors are kept in ``nemo_extras.pt`` so that converting back gives
     the NeMo checkpoint bit for bit.
     """
     from diffusers import CosmosTransformer3DModel
-    from safetensors.torch import save_file
 
     from cosmos_lib.nemo_layout import diffusers_config_for
 
@@ -606,7 +607,7 @@ def export_nemo_to_diffusers(src: str | os.PathLike, out: str | os.PathLike, *, 
     model.load_state_dict(sd, strict=True, assign=True)
     with _atomic_dir(Path(out)) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in info.extras.items()}, str(tmp / EXTRAS_FILE))
+        torch.save({k: v.contiguous() for k, v in info.extras.items()}, tmp / EXTRAS_FILE)
     return Path(out)
 
 
