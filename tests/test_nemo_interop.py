@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import types
@@ -404,6 +403,29 @@ def test_nemo_dcp_keys_single_process(tmp_path, with_group):
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
     sd2, cfg = K.load_nemo_as_diffusers(tmp_path / "ckpt")
     assert L.DiTDims.from_diffusers_config(cfg) == dims and all(torch.equal(sd2[k], sd[k]) for k in sd)
+
+
+def test_transformer_engine_extra_state_is_skipped(tmp_path):
+    """NeMo checkpoints made with Transformer Engine carry ``_extra_state`` objects (DCP bytes, or
+    zarr-backend object folders without .zarray): not weights, ignored."""
+    import io
+
+    import torch.distributed.checkpoint as dcp
+
+    dims = L.DiTDims.from_diffusers_config(TINY)
+    sd = random_state_dict(dims, seed=8)
+    state = dict(C.stack_layers(C.diffusers_to_nemo(sd), dims))
+    state["module.decoder.layers.full_self_attention.linear_qkv._extra_state/shard_0_2"] = io.BytesIO(b"fp8 meta")
+    dcp.save(state, checkpoint_id=str(tmp_path / "td" / "weights"), no_dist=True)
+    (tmp_path / "td" / "weights" / "metadata.json").write_text(json.dumps(K.megatron_metadata("torch_dist")))
+    back, _ = K.load_nemo_checkpoint(tmp_path / "td")
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    weights = K.save_nemo_checkpoint(sd, tmp_path / "z" / "weights", backend="zarr")
+    obj = weights / "module.decoder.layers.mlp.linear_fc1._extra_state"
+    obj.mkdir()
+    torch.save(None, obj / "shard_0_2.pt")
+    back, _ = K.load_nemo_checkpoint(tmp_path / "z")
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
 
 
 def test_checkpoint_errors_name_the_folder(tmp_path):
