@@ -33,9 +33,13 @@ class VideoInput:
     error: str | None = None
 
 
-def prompt_key(prompt: str) -> str:
-    """A stable name for a prompt's embedding file (its text embeddings are shared by every chunk)."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:20]
+def prompt_key(prompt: str, text_encoder: str) -> str:
+    """The name of a prompt's embedding file: a hash of the prompt and of the text encoder's source.
+
+    Embedding files are a cache: each is written once and never changes, so a changed prompt or
+    text encoder is a new file, and the samples that used the old one are not touched.
+    """
+    return hashlib.sha256(f"{text_encoder}\n{prompt}".encode("utf-8")).hexdigest()[:20]
 
 
 def check_prompt(prompt: object, where: str) -> str:
@@ -75,6 +79,7 @@ def discover_videos(
     folder: str | os.PathLike,
     *,
     prompt: str,
+    text_encoder: str,
     instructions: str | os.PathLike | None = None,
     expected: Iterable[str] = (),
 ) -> dict[str, VideoInput]:
@@ -91,7 +96,7 @@ def discover_videos(
         path = os.path.join(folder, name)
         if not instructions:
             text = check_prompt(prompt, "config key 'prompt'")
-            videos[ids[name]] = VideoInput(path, text, prompt_key(text))
+            videos[ids[name]] = VideoInput(path, text, prompt_key(text, text_encoder))
             continue
         ipath = os.path.join(instructions, Path(name).stem + ".json")
         try:
@@ -99,5 +104,21 @@ def discover_videos(
         except InstructionError as exc:
             videos[ids[name]] = VideoInput(path, None, None, ipath if os.path.exists(ipath) else None, str(exc))
         else:
-            videos[ids[name]] = VideoInput(path, text, prompt_key(text), ipath)
+            videos[ids[name]] = VideoInput(path, text, prompt_key(text, text_encoder), ipath)
     return videos
+
+
+def videos_of_config(config: dict, demo_videos: Iterable[str] = ()) -> dict[str, VideoInput]:
+    """The videos of a workflow config (the same answer for the Snakefile and for a job)."""
+    return discover_videos(
+        config["videos"],
+        prompt=config["prompt"],
+        text_encoder=config["text_encoder"],
+        instructions=config.get("instructions") or None,
+        expected=demo_videos,
+    )
+
+
+def prompts_of(videos: dict[str, VideoInput]) -> dict[str, str]:
+    """Each distinct prompt, by its key."""
+    return {v.prompt_key: v.prompt for v in videos.values() if v.prompt is not None}

@@ -22,3 +22,9 @@ def setup_job_logging(log_path: str | Path | None, level: int = logging.INFO) ->
     console.setLevel(logging.WARNING if log_path else level)
     console.setFormatter(fmt)
     root.addHandler(console)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    """A job that fails says why in its own log file too, not only on the console."""
+    logging.getLogger("job").error("failed: %s", exc, exc_info=(exc_type, exc, tb))

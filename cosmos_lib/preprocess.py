@@ -265,9 +265,5 @@ def encode_prompts(text_encoder, prompts: dict[str, str], out_dir: str | Path, b
         log.info("prompts: %d/%d encoded, %.1f prompts/s", done, len(keys), done / max(time.perf_counter() - start, 1e-9))
 
 
-def load_prompt_embedding(text_dir: str | Path, key: str) -> torch.Tensor:
-    return sample_format.load_tensor(Path(text_dir) / f"{key}.pth")
-
-
 def write_report(path: str | Path, report: dict) -> None:
     sample_format.atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")

@@ -6,15 +6,13 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The workflow and its jobs import cosmos_lib from this checkout, also in per-rule conda envs.
+# The workflow imports cosmos_lib from this checkout. Script jobs find it through the link
+# scripts/cosmos_lib (Snakemake puts a script's folder on its path), also in per-rule conda envs.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
 
 from cosmos_lib import demo_inputs, sample_format
 from cosmos_lib.hub import parse_source
-from cosmos_lib.inputs import discover_videos
+from cosmos_lib.inputs import prompts_of, videos_of_config
 
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
@@ -33,22 +31,26 @@ SAMPLES_DIR = f"{RESULTS}/samples"
 REPORTS_DIR = f"{RESULTS}/reports"
 TEXT_DIR = f"{RESULTS}/text_embeddings"
 DATASET_DIR = f"{RESULTS}/dataset"
-DATASET_MANIFEST = f"{RESULTS}/dataset_manifest.json"
+DATASET_MANIFEST = f"{RESULTS}/manifest.json"
 SUMMARY = f"{RESULTS}/summary.tsv"
 LOGS = "logs"
 
+# The dataset folder is kept in step by rule dataset rather than rebuilt (see cosmos_lib.dataset),
+# so it is not an output Snakemake tracks: if someone deleted it, make the rule run again.
+if os.path.exists(DATASET_MANIFEST) and not os.path.isdir(DATASET_DIR):
+    os.unlink(DATASET_MANIFEST)
+
 DEMO = config["demo"]
+# encode jobs ask for a GPU unless they are told to run on the CPU
+GPUS_PER_ENCODE_JOB = 0 if config["encode"]["device"] == "cpu" else 1
 VIDEOS_DIR = config["videos"]
 INSTRUCTIONS_DIR = config["instructions"]
 
 # Every video of the folder (plus the demo's, which rules make): id -> path, prompt, error.
-VIDEOS = discover_videos(
-    VIDEOS_DIR,
-    prompt=config["prompt"],
-    instructions=INSTRUCTIONS_DIR or None,
-    expected=demo_inputs.video_names() if DEMO else (),
-)
-PROMPTS = {v.prompt_key: v.prompt for v in VIDEOS.values() if v.prompt is not None}
+VIDEOS = videos_of_config(config, demo_inputs.video_names() if DEMO else ())
+# Prompt embeddings are a cache of files named by hash (prompt, text encoder): only prompts
+# without a file yet are encoded, so a new prompt never makes other videos' samples stale.
+NEW_PROMPT_KEYS = sorted(k for k in prompts_of(VIDEOS) if not os.path.exists(f"{TEXT_DIR}/{k}.pth"))
 
 
 wildcard_constraints:
@@ -57,7 +59,7 @@ wildcard_constraints:
 
 
 def model_manifest(role):
-    """The JSON a local download rule writes: where a model's files are on this host's disk."""
+    """JSON written on the submitting host by download_model: where the model's files are."""
     return f"{RESULTS}/models/{role}.json"
 
 
@@ -68,7 +70,7 @@ def model_source(role):
 
 
 def local_model_input(wildcards):
-    """A local model folder is an input of its download rule (the demo's are made by rules)."""
+    """A local model folder is an input of download_model (the demo makes its folders itself)."""
     source = model_source(wildcards.role)
     return [os.path.normpath(source)] if parse_source(source).local_path is not None else []
 
@@ -83,8 +85,8 @@ def instruction_input(wildcards):
 
 
 def text_embeddings_input(wildcards):
-    # ancient: re-encoding other videos' prompts must not make this video's samples stale
-    return ancient(TEXT_DIR) if VIDEOS[wildcards.vid].prompt is not None else []
+    key = VIDEOS[wildcards.vid].prompt_key
+    return [f"{TEXT_DIR}/{key}.pth"] if key else []
 
 
 def all_reports():

@@ -1,23 +1,23 @@
 # Preprocessing: videos -> NeMo post-training samples.
-# One job encodes every distinct prompt with T5 (the encoder is loaded once per run); one job per
+# One job encodes every new distinct prompt with T5 (the encoder is loaded once per run); one job per
 # video decodes it once, streamed, and encodes all its chunks (no job per chunk); `dataset`
 # gathers the samples into the flat folder NeMo reads, and writes the summary.
 
 
 rule encode_prompts:
+    """T5 embeddings of the prompts that have none yet, the encoder loaded once for all of them."""
     input:
         manifest=model_manifest("text_encoder"),
-        instructions=[v.instruction_path for v in VIDEOS.values() if v.instruction_path],
     output:
-        directory(TEXT_DIR),
+        [f"{TEXT_DIR}/{key}.pth" for key in NEW_PROMPT_KEYS],
     params:
-        prompts=PROMPTS,
+        demo_videos=demo_inputs.video_names() if DEMO else [],
         device=config["encode"]["device"],
         batch_size=config["encode"]["text_batch_size"],
     log:
         f"{LOGS}/encode_prompts.log",
     resources:
-        gpu=1,
+        gpu=GPUS_PER_ENCODE_JOB,
     conda:
         "../envs/preprocess.yaml"
     script:
@@ -54,7 +54,7 @@ rule encode_video:
         "encode"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS_PER_ENCODE_JOB,
     conda:
         "../envs/preprocess.yaml"
     script:

@@ -5,7 +5,8 @@ import os
 
 from cosmos_lib.hub import read_manifest
 from cosmos_lib.logs import setup_job_logging
-from cosmos_lib.preprocess import BadVideo, EncodeSettings, encode_video, load_prompt_embedding, pick_device, write_report
+from cosmos_lib.preprocess import BadVideo, EncodeSettings, encode_video, pick_device, write_report
+from cosmos_lib.sample_format import load_tensor
 from cosmos_lib.tokenizer import VideoTokenizer
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
@@ -24,7 +25,7 @@ try:
     tokenizer = VideoTokenizer.load(read_manifest(sm.input.tokenizer), device=pick_device(p.device))
     report = encode_video(
         sm.input.video, sm.wildcards.vid, out_dir=sm.output.samples, tokenizer=tokenizer,
-        t5_embeddings=load_prompt_embedding(sm.input.text, p.prompt_key), settings=settings,
+        t5_embeddings=load_tensor(sm.input.text[0]), settings=settings,
     )
 except BadVideo as exc:
     if p.fail_on_bad_video:

@@ -74,7 +74,7 @@ def test_discover_videos_with_instructions_keeps_bad_ones_as_errors(tmp_path):
     (instr / "ok2.json").write_text(json.dumps({"language_instruction_0": "close the drawer"}))
     (instr / "same.json").write_text(json.dumps({"language_instruction_0": "open the drawer"}))
     (instr / "broken.json").write_text("{")
-    found = discover_videos(videos, prompt="unused", instructions=instr)
+    found = discover_videos(videos, prompt="unused", text_encoder="google-t5/t5-11b", instructions=instr)
     assert found["ok1"].prompt == "open the drawer"
     assert found["ok1"].prompt_key == found["same"].prompt_key != found["ok2"].prompt_key
     assert found["broken"].prompt is None and "not valid JSON" in found["broken"].error
@@ -83,8 +83,10 @@ def test_discover_videos_with_instructions_keeps_bad_ones_as_errors(tmp_path):
 
 def test_discover_videos_global_prompt_and_expected(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")
-    found = discover_videos(tmp_path, prompt="A video of sks teal robot.", expected=["made later.mp4"])
+    found = discover_videos(tmp_path, prompt="A video of sks teal robot.", text_encoder="t5", expected=["made later.mp4"])
     assert set(found) == {"a", video_id("made later.mp4")}
-    assert {v.prompt_key for v in found.values()} == {prompt_key("A video of sks teal robot.")}
+    assert {v.prompt_key for v in found.values()} == {prompt_key("A video of sks teal robot.", "t5")}
+    # another text encoder, other embedding files
+    assert prompt_key("A video of sks teal robot.", "t5") != prompt_key("A video of sks teal robot.", "other")
     with pytest.raises(InstructionError, match="prompt"):
-        discover_videos(tmp_path, prompt="   ")
+        discover_videos(tmp_path, prompt="   ", text_encoder="t5")

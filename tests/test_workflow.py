@@ -52,7 +52,7 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         m = re.match(r"^(\w+)\s+(\d+)\s*$", line)
         if not m:
             break
-        if m.group(1) != "total":
+        if m.group(1) not in ("total", "all"):  # `all` only gathers targets
             jobs[m.group(1)] = int(m.group(2))
     return jobs
 
@@ -152,15 +152,19 @@ def test_adding_a_video_runs_only_its_jobs_and_the_aggregate(demo_copy):
     assert read_summary(demo_copy)["new robot.v2.mp4"]["status"] == "ok"
 
 
-def test_chunk_starts_are_reproducible_from_seed_and_name(demo_copy, demo_run):
-    # a second run from scratch with the same seed gives the same starts
-    starts = lambda d: {p: json.loads((d / "results" / "dataset" / f"{p}.info.json").read_text())["start_frame"]
-                        for p in sf.complete_prefixes(d / "results" / "dataset")}
-    shutil.rmtree(demo_copy / "results" / "samples")
-    shutil.rmtree(demo_copy / "results" / "reports")
-    shutil.rmtree(demo_copy / "results" / "dataset")
-    snakemake(demo_copy, "all")
-    assert starts(demo_copy) == starts(demo_run)
+def test_chunk_starts_are_reproducible_from_seed_and_name(demo_run, tmp_path):
+    """A second run from scratch with the same seed gives the same starts; another seed others."""
+    def starts(workdir):
+        dataset = workdir / "results" / "dataset"
+        return {p: json.loads((dataset / f"{p}.info.json").read_text())["start_frame"] for p in sf.complete_prefixes(dataset)}
+
+    again = tmp_path / "again"
+    snakemake(again, "all")
+    assert starts(again) == starts(demo_run)
+    # a deleted dataset folder is rebuilt, with another seed other starts
+    shutil.rmtree(again / "results" / "dataset")
+    snakemake(again, "all", "--config", "seed=7")
+    assert set(starts(again)) == set(starts(demo_run)) and starts(again) != starts(demo_run)
 
 
 def test_instructions_each_video_its_prompt_and_editing_one_reruns_that_video(demo_copy):
@@ -168,7 +172,8 @@ def test_instructions_each_video_its_prompt_and_editing_one_reruns_that_video(de
     instructions.mkdir()
     good = [v for v in DEMO_VIDEOS if not v.broken and v.num_frames >= 121]
     for i, v in enumerate(good):
-        (instructions / (Path(v.name).stem + ".json")).write_text(json.dumps({"language_instruction_0": f"task number {i}"}))
+        task = ["open the drawer", "pick up the red block and put it in the box", "wave"][i % 3]
+        (instructions / (Path(v.name).stem + ".json")).write_text(json.dumps({"language_instruction_0": task}))
     (instructions / "too_short.json").write_text("{ not json")
     config = ["--config", f"instructions={instructions}"]
     snakemake(demo_copy, "all", *config)
@@ -209,7 +214,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(demo_copy):
 def test_fail_on_bad_video_fails_the_run_naming_the_file(demo_copy):
     videos = demo_copy / "results" / "demo" / "videos"
     (videos / "not a video.mp4").write_text("this is text, not a video\n")
-    done = snakemake(demo_copy, "all", "--config", "fail_on_bad_video=true", check=False)
+    done = snakemake(demo_copy, "all", "--keep-going", "--config", "fail_on_bad_video=True", check=False)
     assert done.returncode != 0
     text = done.stdout + done.stderr
     logs = "".join(p.read_text(errors="replace") for p in (demo_copy / "logs" / "encode_video").glob("*.log"))
@@ -221,7 +226,9 @@ def test_fail_on_bad_video_fails_the_run_naming_the_file(demo_copy):
 
 
 def test_empty_prompt_is_a_config_error(tmp_path):
-    done = snakemake(tmp_path, "-n", "all", "--config", "prompt=   ", check=False)
+    empty = tmp_path / "empty_prompt.yaml"
+    empty.write_text('prompt: "   "\n')
+    done = snakemake(tmp_path, "-n", "all", "--configfile", str(empty), check=False)
     assert done.returncode != 0
     assert "prompt" in done.stdout + done.stderr
 
