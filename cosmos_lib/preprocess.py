@@ -109,13 +109,39 @@ def conditioning_clip(clip: torch.Tensor, conditioning_frames: int) -> torch.Ten
     return cond
 
 
-def encode_clips(tokenizer, clips: list[torch.Tensor], conditioning_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Video and conditioning latents of several chunks in one tokenizer call."""
-    video = torch.stack(clips)
-    cond = torch.stack([conditioning_clip(c, conditioning_frames) for c in clips])
-    latents = tokenizer.encode(torch.cat([video, cond]))
+def encode_clips(
+    tokenizer, clips: list[torch.Tensor], conditioning_frames: int, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video and conditioning latents of several chunks in one tokenizer call.
+
+    ``pad_to`` pads a short last batch with empty clips, so that the tokenizer always sees the
+    same batch shape (a compiled tokenizer would otherwise compile again for the last batch).
+    """
     n = len(clips)
-    return latents[:n], latents[n:]
+    padding = [torch.zeros_like(clips[0])] * max(0, (pad_to or n) - n)
+    video = torch.stack(clips + padding)
+    cond = torch.stack([conditioning_clip(c, conditioning_frames) for c in clips] + padding)
+    latents = tokenizer.encode(torch.cat([video, cond]))
+    m = len(video)
+    return latents[:n], latents[m:m + n]
+
+
+class HostLatents:
+    """Latents on their way to host memory: bf16, copied without blocking, waited for on use."""
+
+    def __init__(self, video: torch.Tensor, cond: torch.Tensor):
+        dtype = sample_format.TENSOR_DTYPE
+        self.video = video.to(dtype).to("cpu", non_blocking=True)
+        self.cond = cond.to(dtype).to("cpu", non_blocking=True)
+        self.event = None
+        if video.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.video, self.cond
 
 
 # --- one video -------------------------------------------------------------------------------
@@ -190,42 +216,53 @@ def encode_video(
     )
 
     resize = FrameResizer(settings.height, settings.width, settings.resize_mode, tokenizer.device, tokenizer.dtype)
-    # decoding (a PyAV thread pool behind a background thread) overlaps resizing and encoding;
-    # the queue holds a few frames, the window buffer one chunk of resized frames
-    frames = (resize(f) for f in prefetch(iter_frames(video_path, threads=settings.decode_threads), depth=8))
+    # Decoding runs in a background thread (PyAV's own thread pool behind it) up to one chunk
+    # window of source frames ahead, so it goes on while the GPU encodes; each frame is resized
+    # once on the device and the window buffer holds one chunk of resized frames.
+    decoded = prefetch(iter_frames(video_path, threads=settings.decode_threads), depth=settings.num_frames)
+    frames = (resize(f) for f in decoded)
     progress = Progress(len(starts), Path(video_path).name)
     t5 = t5_embeddings.to(sample_format.TENSOR_DTYPE)
-
     truncated: list[TruncatedVideo] = []
 
-    def clips() -> Iterator[tuple[int, int, torch.Tensor]]:
+    def clips() -> Iterator[tuple[int, torch.Tensor]]:
         try:
             for indices, window in iter_chunks(frames, starts, settings.num_frames):
                 clip = torch.stack(window, dim=1)  # (3, T, H, W)
                 for index in indices:
-                    yield index, starts[index], clip
+                    yield index, clip
         except TruncatedVideo as exc:  # after every complete window: let the last batch through
             truncated.append(exc)
 
+    def write(indices: list[int], latents: "HostLatents") -> None:
+        video_latents, cond_latents = latents.wait()
+        for index, vl, cl in zip(indices, video_latents, cond_latents):
+            prefix = sample_format.chunk_prefix(video_id, index)
+            sample_format.write_sample(
+                out_dir,
+                prefix,
+                info=sample_format.make_info(
+                    height=info.height, width=info.width, fps=info.fps, num_frames=settings.num_frames,
+                    video_path=str(video_path), start_frame=starts[index],
+                ),
+                video_latent=vl,
+                conditioning_latent=cl,
+                t5_embeddings=t5,
+            )
+            report["samples"].append(prefix)
+        progress.update(len(indices))
+
     try:
+        # One batch in flight: batch k+1 is resized and queued on the GPU before the samples of
+        # batch k are written, so the GPU never waits for the host's file writes.
+        pending = None
         for batch in batched(clips(), settings.batch_size):
-            video_latents, cond_latents = encode_clips(tokenizer, [c for _, _, c in batch], settings.conditioning_frames)
-            video_latents, cond_latents = video_latents.cpu(), cond_latents.cpu()
-            for (index, start, _), vl, cl in zip(batch, video_latents, cond_latents):
-                prefix = sample_format.chunk_prefix(video_id, index)
-                sample_format.write_sample(
-                    out_dir,
-                    prefix,
-                    info=sample_format.make_info(
-                        height=info.height, width=info.width, fps=info.fps, num_frames=settings.num_frames,
-                        video_path=str(video_path), start_frame=start,
-                    ),
-                    video_latent=vl,
-                    conditioning_latent=cl,
-                    t5_embeddings=t5,
-                )
-                report["samples"].append(prefix)
-            progress.update(len(batch))
+            latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=settings.batch_size))
+            if pending is not None:
+                write(*pending)
+            pending = ([i for i, _ in batch], latents)
+        if pending is not None:
+            write(*pending)
     except VideoError as exc:
         clear_folder(out_dir)
         raise BadVideo(str(exc)) from exc

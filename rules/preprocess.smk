@@ -47,6 +47,7 @@ rule encode_video:
         batch_size=config["encode"]["batch_size"],
         device=config["encode"]["device"],
         decode_threads=config["encode"]["decode_threads"],
+        compile=config["encode"]["compile"],
         fail_on_bad_video=config["fail_on_bad_video"],
     log:
         f"{LOGS}/encode_video/{{vid}}.log",

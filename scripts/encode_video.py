@@ -22,7 +22,7 @@ try:
         num_chunks=p.num_chunks, seed=p.seed, chunk_strategy=p.chunk_strategy, resize_mode=p.resize_mode,
         batch_size=p.batch_size, decode_threads=p.decode_threads,
     )
-    tokenizer = VideoTokenizer.load(read_manifest(sm.input.tokenizer), device=pick_device(p.device))
+    tokenizer = VideoTokenizer.load(read_manifest(sm.input.tokenizer), device=pick_device(p.device), compile=p.compile)
     report = encode_video(
         sm.input.video, sm.wildcards.vid, out_dir=sm.output.samples, tokenizer=tokenizer,
         t5_embeddings=load_tensor(sm.input.text[0]), settings=settings,

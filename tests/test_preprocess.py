@@ -68,6 +68,14 @@ def test_batched_encode_equals_one_by_one(tokenizer):
         assert torch.allclose(cond[i], tokenizer.encode(conditioning_clip(clip, 9)[None])[0], atol=1e-4)
 
 
+def test_padded_last_batch_gives_the_same_latents(tokenizer):
+    clips = [torch.rand(3, 17, 16, 32) * 2 - 1 for _ in range(2)]
+    video, cond = encode_clips(tokenizer, clips, 9)
+    pv, pc = encode_clips(tokenizer, clips, 9, pad_to=4)
+    assert pv.shape == video.shape == (2, 16, 3, 2, 4) and torch.allclose(pv, video, atol=1e-5)
+    assert torch.allclose(pc, cond, atol=1e-5)
+
+
 def test_encode_video_samples_match_an_independent_whole_decode(tmp_path, tokenizer, video):
     t5 = torch.randn(512, 1024)
     report = encode_video(video, "clip_one-x", out_dir=tmp_path, tokenizer=tokenizer, t5_embeddings=t5, settings=SETTINGS)
