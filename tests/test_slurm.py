@@ -218,8 +218,10 @@ def test_demo_dataset_through_sbatch(slurm_run):
 @pytest.mark.slurm
 def test_demo_training_through_sbatch(slurm_run):
     work, prof_dir = slurm_run
-    if not (work / "results" / "dataset_manifest.json").exists():
-        pytest.skip("the dataset run failed (see test_demo_dataset_through_sbatch)")
+    from cosmos_lib import sample_format
+
+    if not (work / "results" / "dataset").is_dir() or not sample_format.complete_prefixes(work / "results" / "dataset"):
+        pytest.skip("no dataset: the dataset run failed (see test_demo_dataset_through_sbatch)")
     before = set(_slurm_jobs_from_logs(work / "logs" / "slurm"))
     r = _run(work, prof_dir, "train")
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
