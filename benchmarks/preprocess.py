@@ -278,14 +278,13 @@ def main() -> None:
         if args.compile:  # one shape only: each new shape compiles again (about a minute)
             runs.append(("compiled", ours_tok, 2 * args.batch_size))
         for name, tok, clips in runs:
-            if True:
-                try:
-                    per_clip = time_tokenizer(tok, clips, settings, device, repeats=1 if args.small else 3)
-                    sweep[f"{name}_batch{clips}"] = {"s_per_clip": per_clip, "tflops": flops / per_clip / 1e12}
-                except torch.OutOfMemoryError:
-                    sweep[f"{name}_batch{clips}"] = "out of memory"
-                    torch.cuda.empty_cache()
-                print(name, clips, sweep[f"{name}_batch{clips}"], flush=True)
+            try:
+                per_clip = time_tokenizer(tok, clips, settings, device, repeats=1 if args.small else 3)
+                sweep[f"{name}_batch{clips}"] = {"s_per_clip": per_clip, "tflops": flops / per_clip / 1e12}
+            except torch.OutOfMemoryError:
+                sweep[f"{name}_batch{clips}"] = "out of memory"
+                torch.cuda.empty_cache()
+            print(name, clips, sweep[f"{name}_batch{clips}"], flush=True)
         result["tokenizer_sweep"] = sweep
         ours_key = f"{'compiled' if args.compile else 'eager'}_batch{2 * args.batch_size}"
         result["tokenizer_tflops"] = sweep.get(ours_key, {}).get("tflops") if isinstance(sweep.get(ours_key), dict) else None
