@@ -133,7 +133,18 @@ def test_kill_and_resume_gives_the_same_losses(dataset, tmp_path):
 
     # nothing left to do: a re-run returns at once, with the same checkpoint
     again = _run(cfg, dataset, killed)
-    assert again["step"] == 5 and _losses(killed) == resumed
+    assert again["step"] == 5 and _losses(killed) == resumed and not again["dataset_changed_on_resume"]
+
+    # videos added later: more steps continue the run from its checkpoint over the new sample set
+    _write(dataset, "added_c0000", torch.randn(SHAPE), seed=9)
+    try:
+        more = _run({**cfg, "max_steps": 6}, dataset, killed)
+    finally:
+        (dataset / "added_c0000.info.json").unlink()
+        for suffix in sf.TENSOR_SUFFIXES:
+            (dataset / f"added_c0000.{suffix}").unlink()
+    assert more["dataset_changed_on_resume"] and more["samples"] == 6 and more["step"] == 6
+    assert sorted(_losses(killed)) == [1, 2, 3, 4, 5, 6]
 
 
 MEGATRON_READ = textwrap.dedent("""

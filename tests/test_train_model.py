@@ -113,3 +113,25 @@ def test_text_dropout_rate():
     b = make_noised_batch(latent, torch.ones(400, 512, 1024), list(range(400)), cfg=cfg, seed=0, video2world=False)
     dropped = (b.text.flatten(1).abs().sum(1) == 0).float().mean().item()
     assert abs(dropped - 0.2) < 0.06
+
+
+def test_wandb_enabled_without_package_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    from cosmos_lib.train.config import WandbConfig
+    from cosmos_lib.train.metrics import MetricLogger
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(RuntimeError, match="train.wandb.project is set but the wandb package is not installed"):
+        MetricLogger(tmp_path, enabled=True, wandb_cfg=WandbConfig(project="p"), train_config={})
+    # off: no import attempted, metrics go to metrics.jsonl
+    logger = MetricLogger(tmp_path, enabled=True, wandb_cfg=WandbConfig(), train_config={})
+    logger.log(1, {"loss": 0.5})
+    assert '"loss": 0.5' in (tmp_path / "metrics.jsonl").read_text()

@@ -12,7 +12,6 @@ import socket
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -68,18 +67,21 @@ def parallelize(model: torch.nn.Module, *, param_dtype: torch.dtype, activation_
                 compile_blocks: bool) -> torch.nn.Module:
     """Activation checkpointing, optional compile, then FSDP2 per block and at the root.
 
-    Activation checkpointing uses diffusers' own per-block hook (non-reentrant
-    ``torch.utils.checkpoint``), so parameter names stay the plain diffusers names.
+    The order is torchtitan's (``parallelize_llama``): each block is wrapped for activation
+    checkpointing (non-reentrant), then compiled, then sharded, so FSDP's all-gather and
+    mixed-precision casts stay outside the recomputed region. The wrapper's name
+    (``_checkpoint_wrapped_module``) is dropped by ``torch.distributed.checkpoint.state_dict``,
+    so checkpoints keep the plain diffusers names.
     """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from torch.utils.checkpoint import checkpoint
 
-    if activation_checkpointing:
-        model.gradient_checkpointing = True
-        model._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
-    if compile_blocks:
-        for block in model.transformer_blocks:
-            block.compile()
+    for i, block in enumerate(model.transformer_blocks):
+        if activation_checkpointing:
+            block = checkpoint_wrapper(block, preserve_rng_state=False)
+        if compile_blocks:
+            block.compile()  # in place: no "_orig_mod" in parameter names
+        model.transformer_blocks[i] = block
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = list(model.transformer_blocks)
     for i, block in enumerate(blocks):

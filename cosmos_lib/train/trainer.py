@@ -5,6 +5,7 @@ Run under ``torchrun`` (one process per GPU, nccl) or as a plain process / gloo 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -96,10 +97,22 @@ def train(cfg: TrainConfig, *, dataset: str | os.PathLike, run_dir: str | os.Pat
                                   weight_decay=cfg.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
     start = 0
+    fingerprint = hashlib.sha256("\n".join(prefixes).encode()).hexdigest()
+    dataset_changed = False
     latest = checkpoint.latest_complete(run_dir)
     if latest is not None:
-        start = checkpoint.load(latest, model=model, optimizer=optimizer, scheduler=scheduler)["step"]
+        state = checkpoint.load(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        start = state["step"]
         log.info("resumed from %s (step %d)", latest, start)
+        before = state.get("sampler", {})
+        if before.get("dataset_sha256") not in (None, fingerprint):
+            dataset_changed = True
+            log.warning("the dataset changed since step %d (%s -> %d samples): training continues from that "
+                        "checkpoint over the new sample set, up to max_steps=%d", start,
+                        before.get("num_samples"), len(prefixes), cfg.max_steps)
+        if start >= cfg.max_steps:
+            log.info("the run is already at max_steps=%d: nothing to train (raise train.max_steps to continue, "
+                     "or choose a new train.run_name to start over)", cfg.max_steps)
 
     sampler = StreamSampler(len(prefixes), global_batch=cfg.global_batch_size, micro_batch=cfg.micro_batch_size,
                             rank=info.rank, world=info.world_size, seed=cfg.seed, start_step=start)
@@ -148,7 +161,7 @@ def train(cfg: TrainConfig, *, dataset: str | os.PathLike, run_dir: str | os.Pat
                 t_last = time.perf_counter()
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 path = checkpoint.save(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                       sampler_state=sampler.state_dict(step), model_config=model_config,
+                                       sampler_state={**sampler.state_dict(step), "dataset_sha256": fingerprint}, model_config=model_config,
                                        train_config=cfg.to_dict())
                 log.info("saved %s", path)
                 t_last = time.perf_counter()
@@ -160,7 +173,7 @@ def train(cfg: TrainConfig, *, dataset: str | os.PathLike, run_dir: str | os.Pat
     final = checkpoint.latest_complete(run_dir)
     summary = {"run_dir": str(run_dir), "step": step, "final_loss": loss, "checkpoint": str(final) if final else None,
                "task": cfg.task, "model": cfg.model, "samples": len(prefixes), "latent_shape": list(latent_shape),
-               "world_size": info.world_size}
+               "world_size": info.world_size, "dataset_sha256": fingerprint, "dataset_changed_on_resume": dataset_changed}
     if info.is_main:
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=1) + "\n")
     dist.barrier()
