@@ -329,6 +329,9 @@ def test_multi_node_launch_through_snakemake_and_srun(tmp_path):
     goes through the plugin (sbatch --nodes=2 --ntasks=2, the jobstep's mpi path), the launcher
     starts one srun task per node, and the two torchrun agents meet in a c10d rendezvous on the
     first node: 4 ranks on 2 SLURM nodes reduce 1+2+3+4."""
+    deadline = time.time() + 30  # nodes of the previous test's jobs may still be completing
+    while _idle_nodes() < 2 and time.time() < deadline:
+        time.sleep(2)
     if _idle_nodes() < 2:
         pytest.skip("needs 2 idle SLURM nodes (.ci/slurm_cluster.sh starts 2 on one machine)")
     (tmp_path / "Snakefile").write_text(_MULTINODE_SNAKEFILE)
