@@ -146,8 +146,9 @@ def rendezvous_port(env: Mapping[str, str] = os.environ) -> int:
 def torchrun_args(nproc_per_node: int, nnodes: int, env: Mapping[str, str] = os.environ) -> list[str]:
     """The torchrun options (without the training program) for this geometry.
 
-    One node: ``--standalone``. Several nodes: a c10d rendezvous at the first host of the SLURM job
-    (rendezvous id = job id), or at MASTER_ADDR outside SLURM.
+    One node: ``--standalone``. Several nodes: a c10d rendezvous at the first host of the SLURM
+    step/job (rendezvous id = job id), or at MASTER_ADDR outside SLURM (MASTER_ADDR, when set, is
+    the rendezvous host under SLURM too).
     """
     if nproc_per_node < 1:
         raise LaunchError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
@@ -167,7 +168,7 @@ def torchrun_args(nproc_per_node: int, nnodes: int, env: Mapping[str, str] = os.
         if len(hosts) != nnodes:
             raise LaunchError(
                 f"asked for {nnodes} nodes but SLURM job {env['SLURM_JOB_ID']} runs on {len(hosts)} "
-                f"({_slurm_nodelist(env)}); set the rule's 'nodes' resource to {nnodes}"
+                f"({_slurm_nodelist(env)}); --nnodes (train.nnodes) and the job's nodes must agree"
             )
         step_tasks = env.get("SLURM_STEP_NUM_TASKS")
         if step_tasks is not None and step_tasks.isdigit() and int(step_tasks) != nnodes:
@@ -182,8 +183,8 @@ def torchrun_args(nproc_per_node: int, nnodes: int, env: Mapping[str, str] = os.
         rdzv_id = env.get("RDZV_ID", "cosmos-posttrain")
     else:
         raise LaunchError(
-            f"{nnodes} nodes asked for, but this is neither a SLURM job (no SLURM_JOB_ID / "
-            "SLURM_JOB_NODELIST) nor is MASTER_ADDR set: run under SLURM (sbatch --nodes "
+            f"{nnodes} nodes asked for, but this is neither a SLURM job (no SLURM_JOB_ID) nor is "
+            "MASTER_ADDR set: run under SLURM (sbatch --nodes "
             f"{nnodes}), or start the launcher on every node with MASTER_ADDR=<first node> "
             "(and MASTER_PORT) exported"
         )
