@@ -3,6 +3,7 @@
 #   snakemake --cores all                      samples of config/config.yaml's videos (target `all`)
 #   snakemake --cores all train                ... and post-train on them
 #   snakemake --configfile config/demo.yaml --cores 2 all train    the built-in demo
+#   snakemake --workflow-profile profiles/slurm all train           on a SLURM cluster (docs/cluster.md)
 #
 # Rules live in rules/*.smk; the work is done by the cosmos_lib package.
 
@@ -15,6 +16,7 @@ if DEMO:
 
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
+include: "rules/convert.smk"
 
 
 localrules:

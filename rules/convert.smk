@@ -4,7 +4,7 @@
 # Config keys (under convert:, all optional): nemo_checkpoint, diffusers_model, variant, dtype,
 # backend, offdiag; see docs/nemo_interop.md.
 
-CONVERT = config.get("convert", {})
+CONVERT = config["convert"]
 CONVERTED_DIR = f"{RESULTS}/converted"
 # An unset source shows up as this missing input, which names the key to set.
 CONVERT_UNSET = "<set config convert.{}>"
