@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import sample_format
 from .chunks import chunk_starts
-from .video import TruncatedVideo, VideoError, iter_chunks, iter_frames, prefetch, probe
+from .video import TruncatedVideo, VideoError, iter_chunks, iter_decoded, prefetch, probe, to_rgb
 
 log = logging.getLogger("cosmos_lib.preprocess")
 
@@ -100,6 +100,35 @@ class FrameResizer:
             top, left = (th - self.height) // 2, (tw - self.width) // 2
             x = x[..., top : top + self.height, left : left + self.width]
         return (x[0] / 127.5 - 1.0).clamp_(-1.0, 1.0).to(self.dtype)
+
+
+def device_frames(decoded: Iterable, resize: FrameResizer) -> Iterator[tuple[torch.Tensor, object]]:
+    """Decoded frames -> (resized frame on the device, CUDA event marking it done or None).
+
+    Meant to run in a background thread: on a GPU the uploads and resizes go to a side stream,
+    so they overlap the tokenizer's work on the default stream.
+    """
+    if resize.device.type != "cuda":
+        for frame in decoded:
+            yield resize(to_rgb(frame)), None
+        return
+    stream = torch.cuda.Stream(resize.device)
+    for frame in decoded:
+        with torch.cuda.stream(stream):
+            x = resize(to_rgb(frame))
+            done = torch.cuda.Event()
+            done.record(stream)
+        yield x, done
+
+
+def ready_frames(items: Iterable[tuple[torch.Tensor, object]]) -> Iterator[torch.Tensor]:
+    """Frames from device_frames, safe to use on the current stream."""
+    for x, done in items:
+        if done is not None:
+            stream = torch.cuda.current_stream(x.device)
+            stream.wait_event(done)
+            x.record_stream(stream)  # the allocator must not hand its memory out before we are done
+        yield x
 
 
 def conditioning_clip(clip: torch.Tensor, conditioning_frames: int) -> torch.Tensor:
@@ -216,11 +245,11 @@ def encode_video(
     )
 
     resize = FrameResizer(settings.height, settings.width, settings.resize_mode, tokenizer.device, tokenizer.dtype)
-    # Decoding runs in a background thread (PyAV's own thread pool behind it) up to one chunk
-    # window of source frames ahead, so it goes on while the GPU encodes; each frame is resized
-    # once on the device and the window buffer holds one chunk of resized frames.
-    decoded = prefetch(iter_frames(video_path, threads=settings.decode_threads), depth=settings.num_frames)
-    frames = (resize(f) for f in decoded)
+    # Three stages run at once: decoding (PyAV's thread pool, behind a thread of its own), the
+    # RGB conversion, upload and resize of each frame (a second thread, on a CUDA stream of its
+    # own) up to one chunk window ahead, and the windowing and encoding here.
+    decoded = prefetch(iter_decoded(video_path, threads=settings.decode_threads), depth=8)
+    frames = ready_frames(prefetch(device_frames(decoded, resize), depth=settings.num_frames))
     progress = Progress(len(starts), Path(video_path).name)
     t5 = t5_embeddings.to(sample_format.TENSOR_DTYPE)
     truncated: list[TruncatedVideo] = []

@@ -143,11 +143,22 @@ def iter_frames(path: str | os.PathLike, *, threads: str = "AUTO") -> Iterator[n
     decoder's few frames in flight are held. A decode error raises VideoError naming the file
     and the frame index reached; frames already yielded stay yielded.
     """
+    return map(to_rgb, iter_decoded(path, threads=threads))
+
+
+def iter_decoded(path: str | os.PathLike, *, threads: str = "AUTO") -> Iterator["av.VideoFrame"]:
+    """As iter_frames, but the decoder's own frames, not yet converted: pass them to ``to_rgb``
+    (in another thread, so that the conversion runs beside the decoding)."""
     path = os.fspath(path)
     thread_type = str(threads).upper()
     if thread_type not in THREAD_TYPES:
         raise ValueError(f"threads must be one of {THREAD_TYPES}, got {threads!r}")
-    return _iter_frames(path, thread_type)
+    return _iter_decoded(path, thread_type)
+
+
+def to_rgb(frame: "av.VideoFrame") -> np.ndarray:
+    """A decoded frame as a C-contiguous RGB uint8 (H, W, 3) array (rows of odd widths come padded)."""
+    return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
 
 
 class _CutOff(Exception):
@@ -172,7 +183,7 @@ def _decode(container, stream) -> Iterator["av.VideoFrame"]:
         yield from packet.decode()
 
 
-def _iter_frames(path: str, thread_type: str) -> Iterator[np.ndarray]:
+def _iter_decoded(path: str, thread_type: str) -> Iterator["av.VideoFrame"]:
     index = 0
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -181,8 +192,6 @@ def _iter_frames(path: str, thread_type: str) -> Iterator[np.ndarray]:
         while True:
             try:
                 frame = next(decoded)
-                # rows of odd widths come padded: hand out a C-contiguous array (a no-op otherwise)
-                image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
             except StopIteration:
                 break
             except _CutOff as cut:
@@ -195,8 +204,8 @@ def _iter_frames(path: str, thread_type: str) -> Iterator[np.ndarray]:
                     f"{path}: decoding failed at frame {index} ({exc.__class__.__name__}: {exc}); "
                     "the file is probably truncated or corrupt"
                 ) from exc
+            yield frame
             del frame
-            yield image
             index += 1
 
 

@@ -135,8 +135,8 @@ def test_fewer_frames_than_counted_keeps_the_complete_chunks(tmp_path, tokenizer
 
     import cosmos_lib.preprocess as pre
 
-    real = pre.iter_frames
-    monkeypatch.setattr(pre, "iter_frames", lambda path, threads="AUTO": itertools.islice(real(path, threads=threads), 30))
+    real = pre.iter_decoded
+    monkeypatch.setattr(pre, "iter_decoded", lambda path, threads="AUTO": itertools.islice(real(path, threads=threads), 30))
     settings = EncodeSettings(num_frames=17, height=16, width=32, num_chunks=6, chunk_strategy="even", batch_size=2)
     report = encode_video(video, "v", out_dir=tmp_path, tokenizer=tokenizer, t5_embeddings=torch.zeros(512, 1024), settings=settings)
     starts = chunk_starts(40, num_frames=17, num_chunks=6, seed=0, video_key="v", strategy="even")
