@@ -186,11 +186,38 @@ def test_checkpoint_layout_megatron_load_and_export(dataset, tmp_path):
     res = subprocess.run([sys.executable, str(script), str(ckpt / "weights"), str(port), str(tmp_path / "mc.pt")],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1])["common"]["step"] == 2
+    common = json.loads(res.stdout.strip().splitlines()[-1])["common"]
+    assert common["step"] == 2 and common["key_names"] == "nemo"
     megatron = torch.load(tmp_path / "mc.pt", weights_only=True)
-    assert set(megatron) == set(ours)
+    # the keys megatron-core sees are NeMo's DiT names: stacked decoder layers, fused qkv / kv, fused AdaLN
+    assert all(k.startswith("module.") for k in megatron), sorted(megatron)[:5]
+    hidden, hd = 64, 32  # tiny: 2 heads x 32
+    qkv = megatron["module.decoder.layers.full_self_attention.linear_qkv.weight"]
+    assert qkv.shape == (2, 3 * hidden, hidden)  # (layers, [q_h, k_h, v_h] per head, hidden)
+    assert megatron["module.decoder.layers.cross_attention.linear_kv.weight"].shape == (2, 2 * hidden, 1024)
+    assert megatron["module.decoder.layers.adaLN.adaLN_modulation.2.weight"].shape == (2, 9 * hidden, 3 * 8)
+    assert "module.x_embedder.proj.1.weight" in megatron and "module.final_layer.linear.weight" in megatron
+    blk = "transformer_blocks.1.attn1."
+    for head in range(2):
+        rows = slice(head * hd, (head + 1) * hd)
+        for j, part in enumerate(("to_q", "to_k", "to_v")):
+            fused_rows = slice((3 * head + j) * hd, (3 * head + j + 1) * hd)
+            assert torch.equal(qkv[1, fused_rows], ours[f"{blk}{part}.weight"][rows]), (head, part)
+    from cosmos_lib.nemo_convert import nemo_to_diffusers
+
+    converted = nemo_to_diffusers(megatron)
+    assert set(converted) == set(ours)
     for key in ours:
-        assert torch.equal(megatron[key], ours[key]), key
+        assert torch.equal(converted[key], ours[key]), key
+
+    # our checkpoint is also a NeMo checkpoint to start another run from (init_from), exact config
+    from cosmos_lib.train.model import pretrained_state_dict, resolve_config
+
+    assert resolve_config("tiny", "video2world", init_from=ckpt) == checkpoint.read_model_config(ckpt)
+    with pytest.raises(ValueError, match="in_channels=17 but task 'text2world' needs 16"):
+        resolve_config("tiny", "text2world", init_from=ckpt)
+    start = pretrained_state_dict(ckpt)
+    assert set(start) == set(ours) and all(torch.equal(start[k], ours[k]) for k in ours)
 
     from cosmos_lib.train.export import export
     from cosmos_lib.train.model import transformer_class
@@ -209,3 +236,62 @@ def test_bad_dataset_fails_before_training(tmp_path):
     with pytest.raises(SampleError, match="is empty"):
         _run({"max_steps": 1, "global_batch_size": 1}, tmp_path / "ds", tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch_dist", "zarr"])
+def test_init_from_a_nemo_checkpoint(dataset, tmp_path, monkeypatch, backend):
+    """train.init_from: a NeMo checkpoint folder (NVIDIA ships nemo/ in the model repos, zarr or
+    torch_dist) gives the architecture and the starting weights; `model` is then not needed."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from cosmos_lib import nemo_checkpoint
+    from cosmos_lib.train import trainer
+    from cosmos_lib.train.model import random_state_dict, resolve_config, transformer_config
+
+    start = random_state_dict(transformer_config("tiny", "text2world"), seed=77)  # not the run's seed 5
+    snapshot = tmp_path / "Cosmos-tiny-Text2World"  # laid out like an HF snapshot: nemo/weights
+    nemo_checkpoint.save_nemo_checkpoint(start, snapshot / "nemo" / "weights", backend=backend)
+    assert resolve_config("7B", "text2world", init_from=snapshot) == nemo_checkpoint.load_nemo_as_diffusers(snapshot)[1]
+
+    seen = {}
+    real_loss = trainer.denoise_loss
+
+    def first_step_weights(model, *args, **kwargs):  # the weights the first forward sees
+        if not seen:
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+            seen.update({k: v.detach().clone() for k, v in full.items()})  # (may alias the parameters)
+        return real_loss(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "denoise_loss", first_step_weights)
+    summary = _run({"model": "nvidia/Cosmos-1.0-Diffusion-7B-Text2World", "init_from": str(snapshot),
+                    "max_steps": 1, "global_batch_size": 1, "save_every": 1}, dataset, tmp_path / "run")
+    assert summary["step"] == 1
+    assert set(seen) == set(start)
+    for key in start:
+        assert torch.equal(seen[key], start[key]), key
+    trained = _load_ours(tmp_path / "run" / "checkpoints" / "step=1")
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # and the step trained them
+
+    with pytest.raises(FileNotFoundError, match="not a NeMo checkpoint folder"):
+        resolve_config("tiny", "text2world", init_from=tmp_path / "run")
+
+
+def test_world_size_must_divide_the_heads(tmp_path):
+    from cosmos_lib.train.model import transformer_config
+
+    tiny = transformer_config("tiny", "text2world")
+    for world in (1, 2):  # the tiny model shards as NeMo keys on 1 and 2 ranks
+        checkpoint.check_world_size(tiny, world)
+    with pytest.raises(ValueError, match="2 attention heads, which do not divide over 3 training processes"):
+        checkpoint.check_world_size(tiny, 3)
+    checkpoint.check_world_size(transformer_config("14B", "text2world"), 8)  # 40 heads / 8
+    with pytest.raises(ValueError, match="40 attention heads"):
+        checkpoint.check_world_size(transformer_config("14B", "text2world"), 16)
+    # the train_check rule's command refuses the geometry before any job is queued
+    (tmp_path / "ds").mkdir()
+    _write(tmp_path / "ds", "a_c0000", torch.randn(SHAPE))
+    res = subprocess.run([sys.executable, "-m", "cosmos_lib.train", "check", "--config-json",
+                          json.dumps({**BASE, "nproc_per_node": 3, "global_batch_size": 3}),
+                          "--dataset", str(tmp_path / "ds")], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0 and "do not divide over 3 training processes" in res.stderr, res.stderr[-2000:]

@@ -64,8 +64,14 @@ def main(argv=None) -> int:
         from .data import check_dataset
         from .model import resolve_config
 
+        from .checkpoint import check_world_size
+
         cfg = _config(args)
-        prefixes, shape = check_dataset(_dataset(args), resolve_config(cfg.model, cfg.task, _model_dir(args)),
+        model_config = resolve_config(cfg.model, cfg.task, _model_dir(args), cfg.init_from)
+        world = cfg.nproc_per_node * cfg.nnodes  # what the train job will run: fail here, before it is queued
+        cfg.accumulation(world)
+        check_world_size(model_config, world)
+        prefixes, shape = check_dataset(_dataset(args), model_config,
                                         video2world=cfg.task == "video2world",
                                         min_condition_frames=cfg.objective.condition_frames_min)
         print(f"{_dataset(args)}: {len(prefixes)} samples, latent {shape}")

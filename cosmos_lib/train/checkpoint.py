@@ -12,9 +12,14 @@
 * ``COMPLETE``: written by rank 0 only after every rank finished writing (barrier). A folder
   without it does not count; :func:`latest_complete` picks the newest one that has it.
 
-Model tensors pass through :func:`to_checkpoint_keys` on the way out and
-:func:`from_checkpoint_keys` on the way in (identity today: diffusers names); switching
-``weights/`` to NeMo's DiT names is a change of those two functions only.
+``weights/`` uses NeMo's key names (``module.decoder.layers.<name>`` stacked over layers, fused
+QKV, fused AdaLN-LoRA; :mod:`cosmos_lib.nemo_layout`), so NeMo's Cosmos tools and megatron-core
+read it as a NeMo DiT checkpoint. Model tensors pass through :func:`to_checkpoint_keys`
+(:func:`cosmos_lib.nemo_checkpoint.to_nemo_dcp`: each rank contributes only the rows it holds,
+fused heads built from its local rows) on the way out and :func:`from_checkpoint_keys` on the way
+in. That needs whole heads on every rank: :func:`check_world_size` refuses, before training, a
+world size that does not divide the head count. ``common.pt`` records ``"key_names": "nemo"``;
+checkpoints written before (``"diffusers"``, or no such key) still resume and export.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from cosmos_lib import nemo_checkpoint
+from cosmos_lib.nemo_convert import heads_divide_evenly, is_stacked, nemo_to_diffusers
+from cosmos_lib.nemo_layout import LAYER_PREFIX, NEMO_PREFIX
 from cosmos_lib.sample_format import atomic_write_text
 
 MEGATRON_METADATA = {
@@ -48,14 +56,46 @@ COMPLETE = "COMPLETE"
 STEP_RE = re.compile(r"^step=(\d+)$")
 
 
-def to_checkpoint_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Model state dict (diffusers names) -> names stored in ``weights/``. Identity for now."""
-    return state_dict
+KEY_NAMES = "nemo"  # what this version writes; "diffusers" = checkpoints written before NeMo keys
 
 
-def from_checkpoint_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`to_checkpoint_keys`."""
-    return state_dict
+def to_checkpoint_keys(state_dict: dict[str, Any], key_names: str = KEY_NAMES) -> dict[str, Any]:
+    """Model state dict (diffusers names; plain tensors or FSDP2 DTensors) -> the state dict that
+    ``dcp.save`` / ``dcp.load`` use for ``weights/``: NeMo-keyed pieces of this rank's shards."""
+    if key_names == "diffusers":
+        return state_dict
+    return nemo_checkpoint.to_nemo_dcp(state_dict)
+
+
+def from_checkpoint_keys(state_dict: dict[str, Any], key_names: str = KEY_NAMES) -> dict[str, Any]:
+    """Inverse of :func:`to_checkpoint_keys` (after ``dcp.load`` filled it): diffusers names,
+    tensors with the placements of the model's own."""
+    if key_names == "diffusers":
+        return state_dict
+    return nemo_checkpoint.from_nemo_dcp(state_dict)
+
+
+def check_world_size(model_config: dict, world_size: int) -> None:
+    """NeMo's fused QKV / KV rows interleave heads, so each FSDP rank must hold whole heads of
+    every attention projection (``Shard(0)`` over ``world_size`` ranks); refuse anything else
+    before any GPU time is spent."""
+    heads, head_dim = int(model_config["num_attention_heads"]), int(model_config["attention_head_dim"])
+    if not heads_divide_evenly(heads * head_dim, head_dim, world_size):
+        raise ValueError(
+            f"the model has {heads} attention heads, which do not divide over {world_size} training processes "
+            f"(world size = nproc_per_node x nnodes): checkpoints use NeMo's fused-QKV layout, which needs whole "
+            f"heads on every rank. Use a world size that divides {heads}.")
+
+
+def key_names(path: str | Path) -> str:
+    """``"nemo"`` or ``"diffusers"``: the tensor names in ``<checkpoint>/weights`` (from ``common.pt``)."""
+    common = Path(path) / "weights" / "common.pt"
+    if not common.is_file():
+        raise FileNotFoundError(f"{common}: missing; not a checkpoint written by cosmos_lib.train")
+    names = torch.load(common, weights_only=True).get("key_names", "diffusers")
+    if names not in ("nemo", "diffusers"):
+        raise ValueError(f"{common}: unknown key_names {names!r}")
+    return names
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -96,7 +136,7 @@ def save(run_dir: str | Path, step: int, *, model, optimizer, scheduler, sampler
     if rank == 0 and out.exists():  # a leftover from a killed run, or an overwrite
         shutil.rmtree(out)
     _barrier()
-    dcp.save(to_checkpoint_keys(get_model_state_dict(model)), checkpoint_id=str(out / "weights"))
+    dcp.save(dict(to_checkpoint_keys(get_model_state_dict(model))), checkpoint_id=str(out / "weights"))
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(out / "optim"))
     state = out / "train_state"
     state.mkdir(parents=True, exist_ok=True)
@@ -106,7 +146,7 @@ def save(run_dir: str | Path, step: int, *, model, optimizer, scheduler, sampler
     torch.save(rng, state / f"rng_rank{rank}.pt")
     if rank == 0:
         atomic_write_text(out / "weights" / "metadata.json", json.dumps(MEGATRON_METADATA))
-        torch.save({"step": step, "format": "cosmos_lib.train", "key_names": "diffusers"}, out / "weights" / "common.pt")
+        torch.save({"step": step, "format": "cosmos_lib.train", "key_names": KEY_NAMES}, out / "weights" / "common.pt")
         context = out / "context"
         context.mkdir(exist_ok=True)
         atomic_write_text(context / "model_config.json", json.dumps(model_config, indent=1))
@@ -125,9 +165,10 @@ def load(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
     path = Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no {COMPLETE} marker)")
-    msd = to_checkpoint_keys(get_model_state_dict(model))
+    names = key_names(path)
+    msd = to_checkpoint_keys(get_model_state_dict(model), names)
     dcp.load(msd, checkpoint_id=str(path / "weights"))
-    set_model_state_dict(model, from_checkpoint_keys(msd))
+    set_model_state_dict(model, from_checkpoint_keys(msd, names))
     if optimizer is not None:
         osd = {"optimizer": get_optimizer_state_dict(model, optimizer)}
         dcp.load(osd, checkpoint_id=str(path / "optim"))
@@ -144,11 +185,43 @@ def load(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict:
     return trainer
 
 
+def read_full_state(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The whole model of checkpoint ``path`` as a diffusers state dict, read in this process
+    (with or without a process group; nothing is communicated). ``dtype`` casts while reading
+    (default: as stored, fp32), so a bf16 export holds one bf16 copy plus the split heads."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    weights = Path(path) / "weights"
+    names = key_names(path)
+    reader = dcp.FileSystemReader(str(weights))
+    meta = reader.read_metadata().state_dict_metadata
+    tensors = {k: torch.empty(tuple(md.size), dtype=dtype or md.properties.dtype)
+               for k, md in meta.items() if isinstance(md, TensorStorageMetadata)}
+    dcp.load(tensors, storage_reader=reader, no_dist=True)
+    if names == "diffusers":
+        return tensors
+    for key in [k for k in tensors if is_stacked({k: None})]:  # one layer at a time, freeing the stack
+        stacked = tensors.pop(key)
+        rest = key[len(NEMO_PREFIX + LAYER_PREFIX):]
+        tensors.update({f"{NEMO_PREFIX}{LAYER_PREFIX}{i}.{rest}": stacked[i].clone() for i in range(stacked.shape[0])})
+        del stacked
+    try:
+        sd = nemo_to_diffusers(tensors)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{weights}: {err}") from err
+    del tensors
+    # every tensor its own storage (split parts may be views of one fused tensor): safetensors
+    # refuses tensors that share memory, and a model assigned these must not alias parameters
+    return {k: v if v.untyped_storage().nbytes() == v.numel() * v.element_size() else v.clone()
+            for k, v in sd.items()}
+
+
 def load_full_model_state(path: str | Path, model: torch.nn.Module) -> None:
-    """Load ``weights/`` into an ordinary (unsharded) model in this process, no process group."""
-    msd = to_checkpoint_keys(model.state_dict())
-    dcp.load(msd, checkpoint_id=str(Path(path) / "weights"), no_dist=True)
-    model.load_state_dict(from_checkpoint_keys(msd))
+    """Load ``weights/`` into an ordinary (unsharded) model in this process, no process group
+    needed. A model on the meta device gets the loaded tensors assigned (no second copy)."""
+    first = next(model.parameters())
+    sd = read_full_state(path, dtype=first.dtype)
+    model.load_state_dict(sd, strict=True, assign=first.is_meta)
 
 
 def broadcast_full_state(model, full_state: dict | None) -> None:

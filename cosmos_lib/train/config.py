@@ -25,6 +25,7 @@ class WandbConfig:
 class TrainConfig:
     task: str = "text2world"
     model: str = "nvidia/Cosmos-1.0-Diffusion-7B-Text2World"
+    init_from: str = ""  # a NeMo checkpoint folder (torch_dist or zarr) to start from instead of `model`
     run_name: str = "cosmos"
     seed: int = 1234
     max_steps: int = 1000

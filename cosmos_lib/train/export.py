@@ -2,7 +2,8 @@
 
 The folder can replace ``transformer/`` of a Cosmos-1.0 diffusers model repo, or be passed as
 ``transformer=`` to ``CosmosTextToWorldPipeline`` / ``CosmosVideoToWorldPipeline``.
-Runs in one process on CPU; reads the sharded ``weights/`` with ``torch.distributed.checkpoint``.
+Runs in one process on CPU; reads the sharded, NeMo-keyed ``weights/`` with
+``torch.distributed.checkpoint`` and converts the names back (:func:`checkpoint.read_full_state`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ def export(ckpt: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = 
     ckpt = resolve_checkpoint(ckpt)
     config = checkpoint.read_model_config(ckpt)
     model = build_model(config, "meta").to(getattr(torch, dtype))
-    model.to_empty(device="cpu")
-    checkpoint.load_full_model_state(ckpt, model)
+    checkpoint.load_full_model_state(ckpt, model)  # read in `dtype` and assigned: one copy of the weights
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,11 @@ the condition mask (diffusers ``condition_mask``; NeMo's ``condition_video_input
 
 ``train.model`` is ``tiny``, ``7B`` or ``14B`` (random initialisation of that architecture) or a
 diffusers-format Cosmos model folder whose ``transformer/`` subfolder holds the weights.
+``train.init_from`` (or a ``train.model`` folder that holds one) may instead be a NeMo
+checkpoint folder, torch_dist or zarr, as NVIDIA ships them in ``nemo/`` of
+nvidia/Cosmos-1.0-Diffusion-* and as this trainer writes them: the counterpart of the reference
+recipes' ``resume.restore_config.path`` (NeMo ``cosmos_diffusion_*_finetune``), read through
+:mod:`cosmos_lib.nemo_checkpoint`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from cosmos_lib import nemo_checkpoint
 
 TASKS = ("text2world", "video2world")
 LATENT_CHANNELS = 16
@@ -127,14 +134,70 @@ def pretrained_transformer_dir(model_dir: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"{root}: no transformer/config.json (expected a diffusers-format Cosmos model folder)")
 
 
-def resolve_config(model: str, task: str, model_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Model config for ``train.model``: a built-in architecture or the pretrained folder's config."""
+def weights_source(model: str, model_dir: str | os.PathLike | None = None,
+                   init_from: str | os.PathLike | None = None) -> str | os.PathLike | None:
+    """Where the starting weights come from: ``init_from`` when set, else the pretrained model's
+    local folder, else None (random initialisation of a built-in architecture)."""
+    if init_from:
+        return init_from
     if is_random_init(model):
-        return transformer_config(model, task)
+        return None
     if model_dir is None:
         raise ValueError(f"train.model={model!r} is pretrained: pass its local folder (from the download manifest)")
-    cfg_path = pretrained_transformer_dir(model_dir) / "config.json"
-    cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+    return model_dir
+
+
+def _nemo_tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of a NeMo ``weights/`` folder's model tensors from its metadata only (no tensor data)."""
+    from cosmos_lib.nemo_convert import EXTRA_STATE
+
+    if nemo_checkpoint.read_backend(weights) == "zarr":
+        return {p.name: tuple(json.loads((p / ".zarray").read_text())["shape"]) for p in weights.iterdir()
+                if (p / ".zarray").is_file() and EXTRA_STATE not in p.name}
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(weights)).read_metadata().state_dict_metadata
+    return {k: tuple(md.size) for k, md in meta.items()
+            if isinstance(md, TensorStorageMetadata) and EXTRA_STATE not in k and not k.startswith("optimizer")}
+
+
+def nemo_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``CosmosTransformer3DModel`` config of a NeMo checkpoint, without reading its tensors.
+
+    ``context/model_config.json`` next to ``weights/`` when there is one (this trainer's
+    checkpoints, ``convert_checkpoint.py diffusers-to-nemo``); otherwise the shapes in the metadata
+    give the dimensions and :func:`cosmos_lib.nemo_layout.diffusers_config_for` the published
+    variant they match (the config :func:`cosmos_lib.nemo_checkpoint.load_nemo_as_diffusers` gives).
+    """
+    from cosmos_lib.nemo_layout import diffusers_config_for, dims_from_nemo_shapes
+
+    weights = nemo_checkpoint.find_weights_dir(model_dir)
+    context = weights.parent / "context" / "model_config.json"
+    if context.is_file():
+        return {k: v for k, v in json.loads(context.read_text()).items() if not k.startswith("_")}
+    try:
+        return diffusers_config_for(dims_from_nemo_shapes(_nemo_tensor_shapes(weights)))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{weights}: not a Cosmos-1.0 DiT NeMo checkpoint ({err})") from err
+
+
+def resolve_config(model: str, task: str, model_dir: str | os.PathLike | None = None,
+                   init_from: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Model config for ``train.model`` / ``train.init_from``: a built-in architecture, a NeMo
+    checkpoint's (checked first) or the pretrained diffusers folder's config."""
+    source = weights_source(model, model_dir, init_from)
+    if source is None:
+        return transformer_config(model, task)
+    if nemo_checkpoint.is_nemo_checkpoint(source):
+        cfg_path = nemo_checkpoint.find_weights_dir(source)
+        cfg = nemo_model_config(source)
+    elif init_from:
+        raise FileNotFoundError(f"train.init_from={str(init_from)!r}: not a NeMo checkpoint folder (no weights/ with "
+                                "metadata.json and NeMo-keyed tensors, here or in weights/, nemo/weights/, nemo/)")
+    else:
+        cfg_path = pretrained_transformer_dir(source) / "config.json"
+        cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
     if cfg.get("in_channels") != in_channels(task):
         raise ValueError(
             f"{cfg_path}: in_channels={cfg.get('in_channels')} but task {task!r} needs {in_channels(task)} "
@@ -171,9 +234,13 @@ def random_state_dict(config: dict[str, Any], seed: int) -> dict[str, torch.Tens
 
 
 def pretrained_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Full state dict of the pretrained ``transformer/`` (safetensors shards or a .bin), in fp32."""
+    """Full state dict (diffusers names, fp32) of a NeMo checkpoint folder (checked first; both
+    backends) or of a diffusers model's ``transformer/`` (safetensors shards or a .bin)."""
     from diffusers.models.model_loading_utils import load_state_dict
 
+    if nemo_checkpoint.is_nemo_checkpoint(model_dir):
+        sd, _ = nemo_checkpoint.load_nemo_as_diffusers(model_dir, dtype=torch.float32)
+        return sd
     tdir = pretrained_transformer_dir(model_dir)
     index = sorted(tdir.glob("*.safetensors.index.json"))
     if index:

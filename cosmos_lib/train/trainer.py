@@ -22,7 +22,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .data import StreamSampler, build_loader, check_dataset
 from .metrics import MetricLogger, memory_stats, peak_flops, train_flops_per_sample
-from .model import build_model, is_random_init, pretrained_state_dict, random_state_dict, resolve_config
+from .model import build_model, pretrained_state_dict, random_state_dict, resolve_config, weights_source
 from .objective import denoise_loss, make_noised_batch
 from .parallel import compute_dtype, init_distributed, parallelize
 
@@ -71,7 +71,9 @@ def train(cfg: TrainConfig, *, dataset: str | os.PathLike, run_dir: str | os.Pat
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accumulation = cfg.accumulation(info.world_size)
-    model_config = resolve_config(cfg.model, cfg.task, model_dir)
+    source = weights_source(cfg.model, model_dir, cfg.init_from)
+    model_config = resolve_config(cfg.model, cfg.task, model_dir, cfg.init_from)
+    checkpoint.check_world_size(model_config, info.world_size)
     prefixes, latent_shape = _checked_dataset(dataset, model_config, cfg)
     log.info("dataset %s: %d samples, latent %s; world %d, micro %d, accumulation %d, global batch %d",
              dataset, len(prefixes), latent_shape, info.world_size, cfg.micro_batch_size, accumulation,
@@ -86,12 +88,13 @@ def train(cfg: TrainConfig, *, dataset: str | os.PathLike, run_dir: str | os.Pat
     model.to_empty(device=info.device)
     full = None
     if info.is_main:
-        full = random_state_dict(model_config, cfg.seed) if is_random_init(cfg.model) else pretrained_state_dict(model_dir)
+        full = random_state_dict(model_config, cfg.seed) if source is None else pretrained_state_dict(source)
     checkpoint.broadcast_full_state(model, full)
     del full
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s (%s): %.4gB parameters, compute %s", cfg.model, cfg.task, n_params / 1e9, param_dtype)
+    log.info("model %s (%s): %.4gB parameters, compute %s, weights from %s", cfg.model, cfg.task, n_params / 1e9,
+             param_dtype, source or f"random init (seed {cfg.seed})")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay, foreach=True)
