@@ -5,12 +5,15 @@
 
 import os.path
 
+from cosmos_lib.launch import slurm_resources
+
 TRAIN = config["train"]
 TRAIN_RUN_DIR = f"{RESULTS}/train/{TRAIN['run_name']}"
 TRAIN_SUMMARY = f"{TRAIN_RUN_DIR}/summary.json"
 TRAIN_EXPORT = f"{TRAIN_RUN_DIR}/export/transformer"
-TRAIN_PRETRAINED = TRAIN["model"] not in ("tiny", "7B", "14B")
-TRAIN_ON_GPU = TRAIN["device"] != "cpu"
+# init_from (a local NeMo checkpoint folder) replaces model: nothing to download then
+TRAIN_INIT_FROM = [TRAIN["init_from"]] if TRAIN["init_from"] else []
+TRAIN_PRETRAINED = not TRAIN_INIT_FROM and TRAIN["model"] not in ("tiny", "7B", "14B")
 
 
 localrules:
@@ -22,6 +25,7 @@ rule train_check:
     input:
         dataset=DATASET_MANIFEST,
         model=[model_manifest("diffusion_model")] if TRAIN_PRETRAINED else [],
+        init_from=TRAIN_INIT_FROM,
     output:
         f"{TRAIN_RUN_DIR}/dataset_check.txt",
     params:
@@ -41,6 +45,7 @@ rule train:
         check=rules.train_check.output,
         dataset=DATASET_MANIFEST,
         model=[model_manifest("diffusion_model")] if TRAIN_PRETRAINED else [],
+        init_from=TRAIN_INIT_FROM,
     output:
         TRAIN_SUMMARY,
     params:
@@ -50,9 +55,13 @@ rule train:
         f"{LOGS}/train/{TRAIN['run_name']}.log",
     threads: TRAIN["resources"]["threads"]
     resources:
-        gpu=TRAIN["nproc_per_node"] if TRAIN_ON_GPU else 0,
-        gpu_model=TRAIN["resources"]["gpu_model"] or None,
-        nodes=TRAIN["nnodes"],
+        # one node: gpu (+ gpu_model) and nodes=1; several: nodes, gres per node, one task per node
+        **slurm_resources(
+            TRAIN["nproc_per_node"],
+            TRAIN["nnodes"],
+            TRAIN["device"],
+            gpu_model=TRAIN["resources"]["gpu_model"] or None,
+        ),
         mem_mb=TRAIN["resources"]["mem_mb"],
         runtime=TRAIN["resources"]["runtime"],
     conda:
@@ -74,7 +83,8 @@ rule export:
     log:
         f"{LOGS}/train/{TRAIN['run_name']}_export.log",
     resources:
-        mem_mb=40000 if TRAIN["model"] != "tiny" else 2000,
+        # one copy of the weights in bf16 + the split attention heads (14B: about 38 GB)
+        mem_mb=64000 if TRAIN["model"] != "tiny" else 2000,
     conda:
         "../envs/train.yaml"
     script:

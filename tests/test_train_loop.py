@@ -295,3 +295,23 @@ def test_world_size_must_divide_the_heads(tmp_path):
                           "--dataset", str(tmp_path / "ds")], env=_env(), cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode != 0 and "do not divide over 3 training processes" in res.stderr, res.stderr[-2000:]
+
+
+def test_checkpoints_with_diffusers_key_names_still_resume_and_export(dataset, tmp_path, monkeypatch):
+    """Runs checkpointed before weights/ used NeMo's names (common.pt key_names "diffusers")."""
+    cfg = {"max_steps": 1, "global_batch_size": 1, "save_every": 1}
+    monkeypatch.setattr(checkpoint, "KEY_NAMES", "diffusers")
+    _run(cfg, dataset, tmp_path / "run")
+    old = checkpoint.step_dir(tmp_path / "run", 1)
+    assert checkpoint.key_names(old) == "diffusers"
+    monkeypatch.undo()
+    before = _load_ours(old)
+    assert "transformer_blocks.0.attn1.to_q.weight" in before
+    _run({**cfg, "max_steps": 2}, dataset, tmp_path / "run")  # resumes from the diffusers-keyed step 1
+    _run({**cfg, "max_steps": 2}, dataset, tmp_path / "ref")  # uninterrupted
+    assert sorted(_losses(tmp_path / "run")) == [1, 2]
+    assert _losses(tmp_path / "run")[2] == pytest.approx(_losses(tmp_path / "ref")[2], rel=1e-5)
+    new = checkpoint.step_dir(tmp_path / "run", 2)
+    assert checkpoint.key_names(new) == "nemo"
+    after = _load_ours(new)
+    assert set(after) == set(before) and any(not torch.equal(after[k], before[k]) for k in before)

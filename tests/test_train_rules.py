@@ -29,3 +29,26 @@ def test_lint_has_nothing_on_train_rules(tmp_path):
     text = res.stdout + res.stderr
     for rule in ("train_check", "train", "export"):
         assert f"Lints for rule {rule} " not in text, text[-3000:]
+
+
+def test_multi_node_geometry_and_init_from_in_the_plan(tmp_path):
+    """The train job's resources come from cosmos_lib.launch.slurm_resources (two nodes: nodes,
+    one task per node, GPUs per node as gres); init_from is an input and replaces the download."""
+    import yaml
+
+    nemo = tmp_path / "Cosmos-1.0-Diffusion-7B-Text2World" / "nemo"
+    nemo.mkdir(parents=True)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"train": {
+        "model": "nvidia/Cosmos-1.0-Diffusion-7B-Text2World", "init_from": str(nemo.parent), "device": "cuda",
+        "nproc_per_node": 8, "nnodes": 2, "global_batch_size": 16, "resources": {"gpu_model": "h100"}}}))
+    res = _snakemake("--configfile", str(ROOT / "config" / "demo.yaml"), str(extra), "--cores", "2", "-n", "train",
+                     "--directory", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    job = res.stdout.split("rule train:")[1].split("\n\n")[0]
+    resources = job.split("resources:")[1].splitlines()[0]
+    for item in ("nodes=2", "tasks=2", "tasks_per_gpu=0", "mpi=srun", "gres=gpu:h100:8", "gpu=0", "mem_mb=4000",
+                 "runtime=30"):
+        assert item in resources.replace(" ", "").split(","), (item, resources)
+    assert str(nemo.parent) in job.split("input:")[1].splitlines()[0]
+    assert "models/diffusion_model.json" not in res.stdout  # init_from: the model repo is not downloaded

@@ -136,7 +136,7 @@ def save(run_dir: str | Path, step: int, *, model, optimizer, scheduler, sampler
     if rank == 0 and out.exists():  # a leftover from a killed run, or an overwrite
         shutil.rmtree(out)
     _barrier()
-    dcp.save(dict(to_checkpoint_keys(get_model_state_dict(model))), checkpoint_id=str(out / "weights"))
+    dcp.save(dict(to_checkpoint_keys(get_model_state_dict(model), KEY_NAMES)), checkpoint_id=str(out / "weights"))
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(out / "optim"))
     state = out / "train_state"
     state.mkdir(parents=True, exist_ok=True)
