@@ -19,6 +19,8 @@ import logging
 import math
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,6 +33,9 @@ from .chunks import chunk_starts
 from .video import TruncatedVideo, VideoError, iter_chunks, iter_decoded, prefetch, probe, to_rgb
 
 log = logging.getLogger("cosmos_lib.preprocess")
+
+#: encoded batches whose samples may still be waiting to be written
+MAX_BATCHES_IN_FLIGHT = 2
 
 
 class BadVideo(RuntimeError):
@@ -67,6 +72,31 @@ def pick_device(device: str) -> torch.device:
 
 
 # --- frames ----------------------------------------------------------------------------------
+class PinnedUploads:
+    """Host-to-GPU copies through a few reused pinned buffers: fast asynchronous uploads with a
+    fixed amount of pinned host memory, however long the video (pinning each frame anew lets
+    the pinned-memory cache grow with the number of frames)."""
+
+    def __init__(self, slots: int = 4):
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.copied: list[torch.cuda.Event | None] = [None] * slots
+        self.next = 0
+
+    def __call__(self, frame, device: torch.device) -> torch.Tensor:
+        slot = self.next
+        self.next = (slot + 1) % len(self.buffers)
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the copy out of this buffer is done
+        buffer = self.buffers[slot]
+        if buffer is None or tuple(buffer.shape) != frame.shape:
+            buffer = self.buffers[slot] = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
+        buffer.numpy()[...] = frame
+        on_device = buffer.to(device, non_blocking=True)
+        self.copied[slot] = torch.cuda.Event()
+        self.copied[slot].record()
+        return on_device
+
+
 class FrameResizer:
     """uint8 HxWx3 frames -> (3, height, width) in [-1, 1] on the tokenizer's device.
 
@@ -77,7 +107,7 @@ class FrameResizer:
     def __init__(self, height: int, width: int, mode: str, device: torch.device, dtype: torch.dtype):
         self.height, self.width, self.mode = height, width, mode
         self.device, self.dtype = device, dtype
-        self.pin = device.type == "cuda"
+        self.upload = PinnedUploads() if device.type == "cuda" else None
 
     def _target(self, h: int, w: int) -> tuple[int, int]:
         if self.mode == "stretch":
@@ -86,10 +116,8 @@ class FrameResizer:
         return max(self.height, math.ceil(h * scale - 1e-6)), max(self.width, math.ceil(w * scale - 1e-6))
 
     def __call__(self, frame) -> torch.Tensor:
-        x = torch.from_numpy(frame)
-        if self.pin:
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0)
+        x = self.upload(frame, self.device) if self.upload else torch.from_numpy(frame)
+        x = x.permute(2, 0, 1).unsqueeze(0)
         # float32 for the interpolation itself (bf16 bilinear loses precision on the CPU)
         x = x.float()
         h, w = x.shape[-2:]
@@ -102,26 +130,33 @@ class FrameResizer:
         return (x[0] / 127.5 - 1.0).clamp_(-1.0, 1.0).to(self.dtype)
 
 
-def device_frames(decoded: Iterable, resize: FrameResizer) -> Iterator[tuple[torch.Tensor, object]]:
+def needed_frames(starts: list[int], num_frames: int) -> set[int]:
+    """Indices of the frames some chunk uses; the others are decoded but never converted."""
+    return {i for s in set(starts) for i in range(s, s + num_frames)}
+
+
+def device_frames(decoded: Iterable, resize: FrameResizer, needed: set[int]) -> Iterator[tuple[torch.Tensor | None, object]]:
     """Decoded frames -> (resized frame on the device, CUDA event marking it done or None).
 
-    Meant to run in a background thread: on a GPU the uploads and resizes go to a side stream,
-    so they overlap the tokenizer's work on the default stream.
+    Frames no chunk uses come out as (None, None) without being converted. Meant to run in a
+    background thread: on a GPU the uploads and resizes go to a side stream, so they overlap
+    the tokenizer's work on the default stream.
     """
-    if resize.device.type != "cuda":
-        for frame in decoded:
+    stream = torch.cuda.Stream(resize.device) if resize.device.type == "cuda" else None
+    for index, frame in enumerate(decoded):
+        if index not in needed:
+            yield None, None
+        elif stream is None:
             yield resize(to_rgb(frame)), None
-        return
-    stream = torch.cuda.Stream(resize.device)
-    for frame in decoded:
-        with torch.cuda.stream(stream):
-            x = resize(to_rgb(frame))
-            done = torch.cuda.Event()
-            done.record(stream)
-        yield x, done
+        else:
+            with torch.cuda.stream(stream):
+                x = resize(to_rgb(frame))
+                done = torch.cuda.Event()
+                done.record(stream)
+            yield x, done
 
 
-def ready_frames(items: Iterable[tuple[torch.Tensor, object]]) -> Iterator[torch.Tensor]:
+def ready_frames(items: Iterable[tuple[torch.Tensor | None, object]]) -> Iterator[torch.Tensor | None]:
     """Frames from device_frames, safe to use on the current stream."""
     for x, done in items:
         if done is not None:
@@ -249,7 +284,8 @@ def encode_video(
     # RGB conversion, upload and resize of each frame (a second thread, on a CUDA stream of its
     # own) up to one chunk window ahead, and the windowing and encoding here.
     decoded = prefetch(iter_decoded(video_path, threads=settings.decode_threads), depth=8)
-    frames = ready_frames(prefetch(device_frames(decoded, resize), depth=settings.num_frames))
+    needed = needed_frames(starts, settings.num_frames)
+    frames = ready_frames(prefetch(device_frames(decoded, resize, needed), depth=settings.num_frames))
     progress = Progress(len(starts), Path(video_path).name)
     t5 = t5_embeddings.to(sample_format.TENSOR_DTYPE)
     truncated: list[TruncatedVideo] = []
@@ -282,16 +318,19 @@ def encode_video(
         progress.update(len(indices))
 
     try:
-        # One batch in flight: batch k+1 is resized and queued on the GPU before the samples of
-        # batch k are written, so the GPU never waits for the host's file writes.
-        pending = None
-        for batch in batched(clips(), settings.batch_size):
-            latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=settings.batch_size))
-            if pending is not None:
-                write(*pending)
-            pending = ([i for i, _ in batch], latents)
-        if pending is not None:
-            write(*pending)
+        # The GPU works ahead of the host: a batch is queued as soon as its frames are there,
+        # its latents come back without blocking, and a writer thread saves the samples while
+        # the next batches encode (at most MAX_BATCHES_IN_FLIGHT batches wait for their writes).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-samples") as writer:
+            in_flight: deque = deque()
+            for batch in batched(clips(), settings.batch_size):
+                latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=settings.batch_size))
+                in_flight.append(writer.submit(write, [i for i, _ in batch], latents))
+                del batch
+                while len(in_flight) > MAX_BATCHES_IN_FLIGHT:
+                    in_flight.popleft().result()
+            for done in in_flight:
+                done.result()
     except VideoError as exc:
         clear_folder(out_dir)
         raise BadVideo(str(exc)) from exc

@@ -93,13 +93,15 @@ def check_prefix(prefix: str) -> str:
 
 # --- writing ---------------------------------------------------------------------------------
 def _atomic_write(path: Path, write) -> None:
-    """Write through a hidden temporary name in the same folder, then rename: never a partial file."""
+    """Write through a hidden temporary name in the same folder, then rename: never a partial file.
+
+    No fsync per file: after a crash Snakemake reruns the jobs whose outputs it marked incomplete,
+    and a job's files are checked as a whole (info.json last), so durability comes from there.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
