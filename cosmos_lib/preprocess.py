@@ -64,11 +64,42 @@ class EncodeSettings:
 
 
 def pick_device(device: str) -> torch.device:
+    """The job's device. With several GPUs visible (a workstation: Snakemake never sets
+    CUDA_VISIBLE_DEVICES), each job claims a GPU no other job of this user holds."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("encode.device is 'cuda' but no CUDA GPU is visible to this job")
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
     return torch.device(device)
+
+
+_claimed_gpu = None  # the open lock file: the claim lasts as long as the process
+
+
+def claim_gpu(count: int, lock_dir: str | Path | None = None, poll_s: float = 1.0) -> int:
+    """Index of a GPU that no other process of this user has claimed (flock on a file per GPU);
+    waits while all are taken. Used by jobs that Snakemake starts side by side on one machine."""
+    import fcntl
+    import os
+    import tempfile
+
+    global _claimed_gpu
+    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"cosmos_gpu_locks_{os.getuid()}")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        for index in range(count):
+            fh = open(lock_dir / f"gpu{index}.lock", "w")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            _claimed_gpu = fh
+            log.info("claimed GPU %d of %d", index, count)
+            return index
+        time.sleep(poll_s)
 
 
 # --- frames ----------------------------------------------------------------------------------

@@ -144,3 +144,24 @@ def test_fewer_frames_than_counted_keeps_the_complete_chunks(tmp_path, tokenizer
     assert report["status"] == "partial" and "ended after 30 frames" in report["reason"]
     assert report["samples"] == [sf.chunk_prefix("v", i) for i in kept] and 0 < len(kept) < len(starts)
     assert sf.validate_folder(tmp_path) == report["samples"]
+
+
+def test_side_by_side_jobs_claim_different_gpus(tmp_path):
+    """Each process claims a free GPU slot; a third waits until one is given back."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time; from cosmos_lib.preprocess import claim_gpu; "
+        f"print(claim_gpu(2, {str(tmp_path)!r}, poll_s=0.1), flush=True); time.sleep(float(sys.argv[1]))"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code, "3"], stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen([sys.executable, "-c", code, "3"], stdout=subprocess.PIPE, text=True)
+    claims = {int(first.stdout.readline()), int(second.stdout.readline())}
+    assert claims == {0, 1}
+    start = time.monotonic()
+    third = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, timeout=60)
+    assert int(third.stdout) in (0, 1) and time.monotonic() - start > 1.0  # it had to wait for a slot
+    first.wait()
+    second.wait()
