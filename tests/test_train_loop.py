@@ -222,11 +222,21 @@ def test_checkpoint_layout_megatron_load_and_export(dataset, tmp_path):
     from cosmos_lib.train.export import export
     from cosmos_lib.train.model import transformer_class
 
+    # in this process (a process group is up since _run) and as the export rule runs it (none)
     out = export(tmp_path / "run", tmp_path / "export" / "transformer", dtype="float32")
+    res = subprocess.run([sys.executable, "-m", "cosmos_lib.train", "export", "--checkpoint", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "export_cli" / "transformer"), "--dtype", "bfloat16"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
     model = transformer_class().from_pretrained(out)
     assert model.config.in_channels == 17
+    from safetensors.torch import load_file
+
+    theirs = load_file(tmp_path / "export_cli" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert set(theirs) == set(ours)
     for key, value in model.state_dict().items():
         assert torch.equal(value, ours[key]), key
+        assert theirs[key].dtype == torch.bfloat16 and torch.equal(theirs[key], ours[key].to(torch.bfloat16)), key
 
 
 def test_bad_dataset_fails_before_training(tmp_path):
