@@ -70,19 +70,29 @@ def _param_counts(size: str, task: str) -> dict:
             "non_block_params": total - per_block * cfg["num_layers"], "hidden": hidden}
 
 
+#: an earlier measurement of the 14B width with this benchmark's step (docs/training.md: one H100,
+#: torch 2.11, eager, activation checkpointing on): peaks at 2 and 3 blocks
+PRIOR_14B = {"source": "docs/training.md (python -m cosmos_lib.train.bench, H100, torch 2.11, eager, AC on)",
+             "blocks": [2, 3], "peak_gpu_gib": [39.0, 45.4]}
+
+
 def memory_arithmetic(variants: list[dict], tokens: int, task: str, gpu_total_gib: float | None,
                       world: int = 8) -> dict | None:
     """Full 7B and 14B per GPU under FSDP over ``world`` GPUs, from this run's measured peaks.
 
     Measured here (7B width, activation checkpointing on, eager): the peak at two block counts.
-    Their difference per block, minus the 16 B/param of sharded state (fp32 master, fp32 grads,
-    AdamW m and v) of one block, is the activation memory that a checkpointed block keeps; what is
-    left at the smaller count after state and kept activations is the working set (one block's
-    recomputed activations and their gradients, gathered bf16 parameters, embeddings, loss).
-    Full model per GPU = 16 B x params / world + layers x kept-per-block + working set. For 14B
-    (hidden 5120 vs 4096) the kept activations scale with the hidden size; the working set is
-    given twice: scaled with the hidden size (activations) and, as a bound, with the parameters
-    per block (x1.55). Plus a 2 GiB allowance for communication buffers.
+    Per GPU on ``world`` GPUs = 16 B x params / world (fp32 master weights, fp32 grads, AdamW m
+    and v, sharded) + layers x kept activations per block + working set + 2 GiB for
+    communication buffers that a world of one does not allocate. Kept activations: what a
+    checkpointed block stores, its input (tokens x hidden x 2 B in bf16). At world size 1 the
+    peak grows per block by exactly the state of a block (measured): the fp32 gradients
+    (4 B/param, 0.95 GiB per 7B block) are allocated in backward as the kept inputs (0.43 GiB)
+    are freed, so the peak falls at the end of backward. On 8 GPUs the gradients are sharded 8x
+    and the peak moves to the start of backward, with every kept input live: counted in full.
+    Working set: the peak at the smaller block count minus its state (one block's recomputed
+    activations and their gradients, gathered bf16 parameters, embeddings, loss). 14B (hidden
+    5120): kept inputs x1.25; working set the larger of x1.25 (hidden) and the working set of an
+    earlier 14B-width measurement (PRIOR_14B); x1.55 (parameters per block) as an upper bound.
     """
     eager = [v for v in variants if v.get("activation_checkpointing") and not v.get("compile")
              and v.get("sdpa") == "default" and "peak_gpu_gib" in v and "error" not in v]
@@ -94,24 +104,28 @@ def memory_arithmetic(variants: list[dict], tokens: int, task: str, gpu_total_gi
     p14 = _param_counts("14B", task)
     state_block = 16 * p7["params_per_block"] / GIB
     slope = (v_hi["peak_gpu_gib"] - v_lo["peak_gpu_gib"]) / (b_hi - b_lo)
-    kept = slope - state_block
+    kept_measured = slope - state_block
+    kept = tokens * p7["hidden"] * 2 / GIB
     state_lo = 16 * (b_lo * p7["params_per_block"] + p7["non_block_params"]) / GIB
-    working = v_lo["peak_gpu_gib"] - state_lo - b_lo * kept
+    working = v_lo["peak_gpu_gib"] - state_lo - b_lo * max(kept_measured, 0.0)
     compiled = [v for v in variants if v.get("compile") and v.get("activation_checkpointing")
-                and "peak_gpu_gib" in v and "error" not in v]
+                and v.get("sdpa") == "default" and "peak_gpu_gib" in v and "error" not in v]
     working_compiled = None
     if compiled:
         c = compiled[0]
-        working_compiled = (c["peak_gpu_gib"] - 16 * (c["blocks"] * p7["params_per_block"] + p7["non_block_params"]) / GIB
-                            - c["blocks"] * kept)
+        working_compiled = (c["peak_gpu_gib"] - 16 * (c["blocks"] * p7["params_per_block"] + p7["non_block_params"])
+                            / GIB - c["blocks"] * max(kept_measured, 0.0))
+    prior_w14 = PRIOR_14B["peak_gpu_gib"][0] - 16 * (PRIOR_14B["blocks"][0] * p14["params_per_block"]
+                                                    + p14["non_block_params"]) / GIB
     out = {
         "method": " ".join(memory_arithmetic.__doc__.split("\n\n")[1].split()),
         "comm_allowance_gib": COMM_ALLOWANCE_GIB,
         "measured": {"blocks": [b_lo, b_hi], "peak_gpu_gib": [v_lo["peak_gpu_gib"], v_hi["peak_gpu_gib"]],
-                     "per_block_gib": slope, "state_per_block_gib": state_block,
-                     "kept_activation_per_block_gib": kept,
-                     "block_input_bf16_gib": tokens * p7["hidden"] * 2 / GIB,
+                     "peak_growth_per_block_gib": slope, "state_per_block_gib": state_block,
+                     "peak_growth_minus_state_gib": kept_measured,
+                     "kept_input_per_block_gib": kept,
                      "working_set_gib_eager": working, "working_set_gib_compiled": working_compiled},
+        "prior_14B_width": {**PRIOR_14B, "working_set_gib": prior_w14},
         "gpu_total_gib": gpu_total_gib, "world_size": world, "models": {},
     }
     for name, p, scale_act, scale_param in (("7B", p7, 1.0, 1.0),
@@ -119,67 +133,129 @@ def memory_arithmetic(variants: list[dict], tokens: int, task: str, gpu_total_gi
                                               p14["params_per_block"] / p7["params_per_block"])):
         state = 16 * p["params"] / world / GIB
         kept_total = p["layers"] * kept * scale_act
-        w = working * scale_act
+        w = working * scale_act if name == "7B" else max(working * scale_act, prior_w14)
         w_bound = working * max(scale_act, scale_param)
         base = state + kept_total + COMM_ALLOWANCE_GIB
         row = {"params_b": p["params"] / 1e9, "layers": p["layers"],
                "sharded_state_gib": state, "kept_activations_gib": kept_total,
-               "working_set_gib": w, "total_gib": base + w, "total_gib_bound": base + w_bound}
+               "working_set_gib": w, "total_gib": base + w, "total_gib_bound": base + max(w, w_bound)}
         if working_compiled is not None:
             row["total_gib_compiled"] = base + working_compiled * scale_act
         if gpu_total_gib:
             row["fits"] = row["total_gib"] < gpu_total_gib
             row["headroom_gib"] = gpu_total_gib - row["total_gib"]
             row["fits_bound"] = row["total_gib_bound"] < gpu_total_gib
+            if "total_gib_compiled" in row:
+                row["headroom_gib_compiled"] = gpu_total_gib - row["total_gib_compiled"]
         out["models"][name] = row
     return out
 
 
-def goal_analysis(main: dict, flops: dict, blocks: int, compiled_vs_eager: dict) -> dict:
-    """How far the main variant is from MFU 0.5, and what the profile says limits it."""
+def _is_annotation(name: str) -> bool:
+    """Profiler user annotations that sit on the GPU timeline but are no kernels (AdamW's step range)."""
+    return name.startswith(("Optimizer.", "ProfilerStep", "## "))
+
+
+def _kernel_seconds(profile: dict) -> dict:
+    """Seconds by kernel category, without annotation ranges (runs before bench.py filtered them)."""
+    sec = dict(profile.get("seconds_by_category") or {})
+    for k in profile.get("top_kernels") or []:
+        if _is_annotation(k["name"]) and k["category"] in sec:
+            sec[k["category"]] -= k["s"]
+    return sec
+
+
+def goal_analysis(main: dict, flops: dict, no_ac_ratio: float | None, no_ac_gib: float | None,
+                  memory: dict | None, compiled_vs_eager: dict, cudnn: dict | None, torch_version: str) -> dict:
+    """How far the main variant is from MFU 0.5, what the profile says limits it, what would close it."""
     mfu = main.get("mfu")
     if mfu is None:
         return {"goal_mfu": MFU_GOAL, "mfu": None}
     ac = main.get("activation_checkpointing")
+    blocks = main["blocks"]
     executed = 4.0 / 3.0 if ac else 1.0  # recomputed forward: fwd + fwd + 2 fwd (bwd)
     out = {"goal_mfu": MFU_GOAL, "mfu": mfu, "met": mfu >= MFU_GOAL,
            "missed_by_abs": max(0.0, MFU_GOAL - mfu), "missed_by_rel": max(0.0, 1 - mfu / MFU_GOAL),
            "hardware_flops_utilisation": mfu * executed,
            "note_hfu": "with full activation checkpointing every forward runs twice: executed FLOPs = 4/3 x model "
                        "FLOPs, so MFU 0.5 needs 67% of peak on executed FLOPs" if ac else ""}
-    prof = main.get("profile")
-    limits = []
-    if prof and prof.get("seconds_by_category"):
-        sec = prof["seconds_by_category"]
-        mult = 4.0 if ac else 3.0
-        attn_fwd = flops["attention"] / flops["total"] * main["model_flops_per_step"] / 3.0
-        mm_fwd = main["model_flops_per_step"] / 3.0 - attn_fwd
-        rates = {}
-        if sec.get("attention"):
-            rates["attention_tflops"] = mult * attn_fwd / sec["attention"] / 1e12
+    prof = main.get("profile") or {}
+    limits, options = [], []
+    step = main["step_s"]
+    peak = main["model_flops_per_step"] / step / mfu
+    if ac:
+        limits.append(f"full activation checkpointing recomputes every block's forward: 25% of the executed FLOPs "
+                      f"are not model FLOPs (HFU {mfu * executed:.2f} vs MFU {mfu:.2f})")
+    sec = _kernel_seconds(prof) if prof else {}
+    if sec:
+        busy = sum(sec.values())
+        shares = {c: v / busy for c, v in sorted(sec.items(), key=lambda kv: -kv[1])}
+        out["share_of_kernel_time"] = shares
+        out["kernel_time_over_wall"] = busy / prof["profiled_step_wall_s"] if prof.get("profiled_step_wall_s") else None
+        attn = flops["attention"]  # forward, one sample, this block count (self + cross attention)
+        mm = flops["total"] - attn
+        fwd_s = sum(k["s"] for k in prof.get("top_kernels", []) if k["category"] == "attention"
+                    and any(t in k["name"].lower() for t in ("fprop", "fwd", "forward")))
+        bwd_s = sum(k["s"] for k in prof.get("top_kernels", []) if k["category"] == "attention"
+                    and any(t in k["name"].lower() for t in ("bprop", "bwd", "backward")))
+        fwd_runs = 2 if ac else 1
+        rates = {"gemm_tflops_model_equiv": (fwd_runs + 2) * mm / sec["gemm"] / 1e12 if sec.get("gemm") else None,
+                 "attention_tflops_model_equiv": (fwd_runs + 2) * attn / sec["attention"] / 1e12
+                 if sec.get("attention") else None}
+        if fwd_s and bwd_s:
+            rates["attention_forward_tflops"] = fwd_runs * attn / fwd_s / 1e12
+            rates["attention_backward_tflops_executed"] = 2.5 * attn / bwd_s / 1e12  # flash bwd: 5 matmuls vs 2
+            rates["attention_backward_tflops_model_equiv"] = 2.0 * attn / bwd_s / 1e12
+        out["achieved_rates"] = rates
+        out["attention_share_of_model_flops"] = attn / flops["total"]
+        kernel = next((k["name"] for k in prof.get("top_kernels", []) if k["category"] == "attention"), "")
+        which = "cuDNN flash attention" if "cudnn" in kernel else "SDPA"
+        limits.append(f"attention is {attn / flops['total'] * 100:.0f}% of the model FLOPs at 56k tokens and "
+                      f"{shares.get('attention', 0) * 100:.0f}% of GPU time ({which}, SDPA's own choice): forward "
+                      f"{rates.get('attention_forward_tflops') or 0:.0f} TFLOP/s, backward "
+                      f"{rates.get('attention_backward_tflops_executed') or 0:.0f} TFLOP/s executed = "
+                      f"{rates.get('attention_backward_tflops_model_equiv') or 0:.0f} in model FLOPs; the backward "
+                      f"alone is {sec['attention'] and bwd_s / busy * 100:.0f}% of GPU time")
         if sec.get("gemm"):
-            rates["gemm_tflops"] = mult * mm_fwd / sec["gemm"] / 1e12
-        out["achieved_rates_model_flop_equivalent"] = rates
-        out["share_of_kernel_time"] = prof.get("share_of_kernel_time")
-        out["attention_share_of_model_flops"] = flops["attention"] / flops["total"]
-        shares = prof.get("share_of_kernel_time", {})
-        if ac:
-            limits.append(f"activation checkpointing recomputes every block's forward: 25% of the executed FLOPs are not "
-                          f"model FLOPs (HFU {mfu * executed:.2f} vs MFU {mfu:.2f})")
-        if "attention_tflops" in rates:
-            limits.append(f"attention (SDPA) is {flops['attention'] / flops['total'] * 100:.0f}% of the model FLOPs at "
-                          f"56k tokens and takes {shares.get('attention', 0) * 100:.0f}% of kernel time, at "
-                          f"~{rates['attention_tflops']:.0f} TFLOP/s (fwd+recompute+bwd, model-FLOP equivalent)")
-        if "gemm_tflops" in rates:
-            limits.append(f"GEMMs take {shares.get('gemm', 0) * 100:.0f}% of kernel time at ~{rates['gemm_tflops']:.0f} TFLOP/s")
-        if shares.get("elementwise_norm"):
-            limits.append(f"elementwise / norm / RoPE / casts take {shares['elementwise_norm'] * 100:.0f}% of kernel time")
-        ratio = prof.get("kernel_time_over_wall")
-        if ratio is not None and ratio < 0.97:
-            limits.append(f"GPU idle or launch-bound {(1 - ratio) * 100:.0f}% of the profiled step's wall time")
+            limits.append(f"GEMMs (cuBLAS nvjet) {shares.get('gemm', 0) * 100:.0f}% of GPU time at "
+                          f"{rates['gemm_tflops_model_equiv']:.0f} TFLOP/s: not the limit")
+        limits.append(f"elementwise / norms / RoPE / casts (inductor-fused) {shares.get('elementwise_norm', 0) * 100:.0f}%, "
+                      f"AdamW {shares.get('optimizer', 0) * 100:.1f}%, copies {shares.get('copy', 0) * 100:.1f}% "
+                      f"of GPU time")
+        if out["kernel_time_over_wall"] is not None:
+            limits.append(f"the GPU is busy {min(out['kernel_time_over_wall'], 1) * 100:.0f}% of the step's wall "
+                          f"time: not CPU- or launch-bound")
+        if ac and fwd_s:
+            per_block_attn_fwd = fwd_s / fwd_runs / blocks
+            sac_step = step - blocks * per_block_attn_fwd
+            sac_mfu = main["model_flops_per_step"] / sac_step / peak
+            extra = memory and memory["measured"]["kept_input_per_block_gib"]
+            fit = ""
+            if memory:
+                rows = memory["models"]
+                fit = "; memory on 8 GPUs: " + ", ".join(
+                    f"{n} {r['total_gib'] + r['layers'] * extra * (5120 / 4096 if n == '14B' else 1):.0f} GiB"
+                    for n, r in rows.items()) + f" of {memory['gpu_total_gib']:.0f}"
+            out["estimate_selective_ac_save_attention"] = {"step_s": sac_step, "mfu": sac_mfu,
+                                                            "extra_gib_per_block": extra}
+            options.append(f"selective activation checkpointing that keeps each block's SDPA output (and its "
+                           f"logsumexp) instead of recomputing attention: saves {per_block_attn_fwd * 1e3:.0f} ms per "
+                           f"block -> est. MFU {sac_mfu:.2f}, for {extra:.2f} GiB more per block{fit} "
+                           f"(needs an op-level policy in cosmos_lib.train.parallel; 14B only for part of its blocks)")
+    if no_ac_ratio:
+        options.append(f"no recomputation at all: measured {no_ac_ratio:.2f}x faster at 3 blocks (eager) -> est. MFU "
+                       f"{mfu * no_ac_ratio:.2f} compiled, but ~{no_ac_gib or 0:.1f} GiB of activations per block: "
+                       f"does not fit the full models at 56k tokens")
+        out["estimate_no_recompute_mfu"] = mfu * no_ac_ratio
+    if cudnn:
+        limits.append(f"forcing SDPBackend.CUDNN_ATTENTION changes nothing ({cudnn['speedup']:.2f}x): torch "
+                      f"{torch_version} already runs cuDNN attention here")
     if compiled_vs_eager:
         limits.append(compiled_vs_eager["text"])
+    options.append("a faster attention backward (FlashAttention-3 style kernels for Hopper) is the remaining lever: "
+                   "attention backward is the single largest item of the step")
     out["limits"] = limits
+    out["what_would_close_the_gap"] = options
     return out
 
 
@@ -211,6 +287,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON (default benchmarks/results/train.json; --tiny: /tmp)")
     p.add_argument("--profile-out", default=None, help="profile summary text (next to the JSON by default)")
     p.add_argument("--no-expandable-segments", action="store_true")
+    p.add_argument("--from-json", default=None, help="no GPU: recompute the derived figures of a result JSON "
+                   "(its measured variants kept as they are) and write --out / --profile-out")
+    p.add_argument("--profile-in", default=None, help="with --from-json: the profile text that run wrote")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     if not args.no_expandable_segments:
@@ -227,8 +306,7 @@ def main(argv=None) -> int:
     out_path = Path(args.out) if args.out else default_dir / "train.json"
     prof_path = Path(args.profile_out) if args.profile_out else out_path.with_name("train_profile.txt")
 
-    info = init_distributed("cpu" if args.tiny else "cuda")
-    device = info.device
+    device = torch.device("cpu") if args.from_json else init_distributed("cpu" if args.tiny else "cuda").device
     size, task = ("tiny", "text2world") if args.tiny else ("7B", "text2world")
     latent = (16, 2, 8, 8) if args.tiny else (16, 16, 88, 160)
     cfg_full = transformer_config(size, task)
@@ -275,6 +353,15 @@ def main(argv=None) -> int:
                           "recomputation not counted) / step time / dense bf16 peak of the GPU",
         "variants": [],
     }
+
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        gpu_name, gpu_total_gib = result["hardware"]["gpu"], result["hardware"]["gpu_total_gib"]
+        result["resummarized"] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+            "note": "derived figures recomputed on the CPU from the measured variants of the run above (that run: "
+                    "diffusers wheel installed with pip --target /tmp/site, PYTHONPATH=/tmp/site:$PWD, then 'command')"}
 
     def save() -> None:
         _atomic_write(out_path, json.dumps(result, indent=1, default=str) + "\n")
@@ -338,17 +425,23 @@ def main(argv=None) -> int:
                 "mfu_off": no_ac_ok.get("mfu"), "mfu_on": small_ok.get("mfu"),
                 "peak_gpu_gib_off": no_ac_ok.get("peak_gpu_gib"), "peak_gpu_gib_on": small_ok.get("peak_gpu_gib"),
                 "activation_gib_per_block_without_ac": ((no_ac_ok.get("peak_gpu_gib") or 0) - (small_ok.get("peak_gpu_gib") or 0))
-                / no_ac_ok["blocks"] if device.type == "cuda" else None,
+                / no_ac_ok["blocks"] if gpu_total_gib else None,
                 "note": f"checkpointing off measured at {no_ac_ok['blocks']} blocks (more do not fit with it off)",
             }
         result["memory_8_gpus"] = memory_arithmetic(variants, tokens, task, gpu_total_gib)
         if "step_s" in main_rec:
             f = flops_for(main_rec["blocks"])
-            result["goal"] = goal_analysis(main_rec, f, main_rec["blocks"], cmp)
+            onoff = result.get("activation_checkpointing_on_vs_off") or {}
+            ratio = onoff["step_s_on"] / onoff["step_s_off"] if onoff.get("step_s_off") else None
+            result["goal"] = goal_analysis(main_rec, f, ratio, onoff.get("activation_gib_per_block_without_ac"),
+                                           result.get("memory_8_gpus"), cmp, result.get("cudnn_attention_vs_default"),
+                                           result.get("torch", ""))
             prof = main_rec.get("profile") or {}
             result["profile_short"] = {"variant": main_rec["name"], "blocks": main_rec["blocks"],
-                                       "share_of_kernel_time": prof.get("share_of_kernel_time"),
-                                       "kernel_time_over_wall": prof.get("kernel_time_over_wall"),
+                                       "share_of_kernel_time": result["goal"].get("share_of_kernel_time")
+                                       or prof.get("share_of_kernel_time"),
+                                       "kernel_time_over_wall": result["goal"].get("kernel_time_over_wall",
+                                                                                   prof.get("kernel_time_over_wall")),
                                        "top_kernels": (prof.get("top_kernels") or [])[:8],
                                        "error": main_rec.get("profile_error")}
         save()
@@ -359,12 +452,18 @@ def main(argv=None) -> int:
                 if name != main_rec.get("name"):
                     profile_text += f"\n\n===== variant {name} =====\n" + text.split("\noperators")[0]
             head = [f"Cosmos-1.0 7B training step profile ({'tiny smoke run' if args.tiny else 'real config'})",
-                    f"date {result['date']}, {gpu_name}, torch {torch.__version__}, command: {result['command']}",
+                    f"date {result['date']}, {gpu_name}, torch {result.get('torch')}, command: {result['command']}",
                     f"variant {main_rec.get('name')}: {main_rec.get('blocks')} blocks, AC on, compile on, "
                     f"{tokens} tokens/sample, step {main_rec.get('step_s', 0):.3f} s, MFU {_fmt(main_rec.get('mfu'), '.3f')}", ""]
             goal = result.get("goal", {})
             if goal.get("limits"):
-                head += ["what limits MFU:"] + [f"  - {x}" for x in goal["limits"]] + [""]
+                head += [f"MFU {goal['mfu']:.3f} against the goal {MFU_GOAL}: missed by {goal['missed_by_abs']:.3f} "
+                         f"({goal['missed_by_rel'] * 100:.0f}% short)", "what limits it:"]
+                head += [f"  - {x}" for x in goal["limits"]] + ["what would close the gap:"]
+                head += [f"  - {x}" for x in goal.get("what_would_close_the_gap", [])] + [""]
+                if goal.get("share_of_kernel_time"):
+                    head += ["share of GPU kernel time (annotation ranges excluded): " + ", ".join(
+                        f"{c} {v * 100:.1f}%" for c, v in goal["share_of_kernel_time"].items()), ""]
             _atomic_write(prof_path, "\n".join(head) + profile_text + "\n")
 
     per_block_s = [None]  # seconds per block per step, learnt from the first variant
@@ -418,6 +517,15 @@ def main(argv=None) -> int:
               + json.dumps({k: rec.get(k) for k in ("blocks", "step_s", "model_tflops", "mfu", "peak_gpu_gib",
                                                       "error", "skipped")}, default=str), flush=True)
         return rec
+
+    if args.from_json:
+        if args.profile_in:
+            text = Path(args.profile_in).read_text()
+            profile_texts["ac+compile"] = text[text.index("one profiled training step"):].rstrip("\n")
+        summarize()
+        print_table(result["variants"])
+        print(f"wrote {out_path}" + (f" and {prof_path}" if args.profile_in else ""))
+        return 0
 
     if args.tiny:
         blocks = args.blocks or 4

@@ -222,7 +222,8 @@ def _profile_step(step, index: int, device: torch.device) -> dict:
     wall = time.perf_counter() - t0
     kernels: dict[str, list] = defaultdict(lambda: [0, 0.0])
     for evt in prof.events():
-        if getattr(evt, "device_type", None) == DeviceType.CUDA:
+        if getattr(evt, "device_type", None) == DeviceType.CUDA and not (
+                getattr(evt, "is_user_annotation", False) or evt.name.startswith(("Optimizer.", "ProfilerStep"))):
             k = kernels[evt.name]
             k[0] += 1
             k[1] += _event_us(evt)
