@@ -104,11 +104,13 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None, poll_s: float = 1.
 
 # --- frames ----------------------------------------------------------------------------------
 class PinnedUploads:
-    """Host-to-GPU copies through a few reused pinned buffers: fast asynchronous uploads with a
-    fixed amount of pinned host memory, however long the video (pinning each frame anew lets
-    the pinned-memory cache grow with the number of frames)."""
+    """Host-to-GPU copies through reused pinned buffers: asynchronous uploads with a fixed amount
+    of pinned host memory, however long the video (pinning each frame anew lets the pinned-memory
+    cache grow with the number of frames). There are as many buffers as frames may be queued
+    ahead, so the uploading thread never waits for the GPU (its side stream runs behind the
+    tokenizer's kernels) before the queue is full anyway."""
 
-    def __init__(self, slots: int = 4):
+    def __init__(self, slots: int):
         self.buffers: list[torch.Tensor | None] = [None] * slots
         self.copied: list[torch.cuda.Event | None] = [None] * slots
         self.next = 0
@@ -135,10 +137,10 @@ class FrameResizer:
     and centre-cropped (``crop``) to keep the aspect ratio.
     """
 
-    def __init__(self, height: int, width: int, mode: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, height: int, width: int, mode: str, device: torch.device, dtype: torch.dtype, ahead: int = 8):
         self.height, self.width, self.mode = height, width, mode
         self.device, self.dtype = device, dtype
-        self.upload = PinnedUploads() if device.type == "cuda" else None
+        self.upload = PinnedUploads(ahead + 4) if device.type == "cuda" else None
 
     def _target(self, h: int, w: int) -> tuple[int, int]:
         if self.mode == "stretch":
@@ -310,7 +312,9 @@ def encode_video(
         video_path, info.num_frames, info.width, info.height, info.fps, info.codec, info.pix_fmt, len(starts), settings.num_frames,
     )
 
-    resize = FrameResizer(settings.height, settings.width, settings.resize_mode, tokenizer.device, tokenizer.dtype)
+    resize = FrameResizer(
+        settings.height, settings.width, settings.resize_mode, tokenizer.device, tokenizer.dtype, ahead=settings.num_frames
+    )
     # Three stages run at once: decoding (PyAV's thread pool, behind a thread of its own), the
     # RGB conversion, upload and resize of each frame (a second thread, on a CUDA stream of its
     # own) up to one chunk window ahead, and the windowing and encoding here.
