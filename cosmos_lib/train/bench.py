@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .metrics import PEAK_BF16_FLOPS, train_flops_per_sample
+from .metrics import PEAK_BF16_FLOPS, forward_flop_counter, train_flops_per_sample
 from .model import build_model, transformer_config
 from .objective import EDMConfig, denoise_loss, make_noised_batch
 from .parallel import compute_dtype, init_distributed, parallelize
@@ -56,21 +56,7 @@ def forward_flops(model_config: dict, latent_shape: tuple[int, ...], text_len: i
 
     Counted the same way as ``metrics.train_flops_per_sample`` (which the trainer logs MFU with).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build_model(model_config, "meta")
-    c, t, h, w = latent_shape
-    extra = model_config["in_channels"] - c
-    with torch.device("meta"):
-        x = torch.empty(1, c, t, h, w)
-        cond = torch.empty(1, extra, t, h, w) if extra else None
-        text = torch.empty(1, text_len, model_config.get("text_embed_dim", 1024))
-        pad = torch.empty(1, 1, h, w)
-        timestep = torch.empty(1)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(hidden_states=x, timestep=timestep, encoder_hidden_states=text, fps=24.0,
-              condition_mask=cond, padding_mask=pad, return_dict=False)
+    model, counter = forward_flop_counter(model_config, latent_shape, text_len)
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     attention = sum(v for k, v in by_op.items() if any(a in k for a in _ATTENTION_OPS))
     total = int(counter.get_total_flops())

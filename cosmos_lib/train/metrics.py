@@ -40,8 +40,8 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def train_flops_per_sample(model_config: dict, latent_shape: tuple[int, ...], text_len: int = 512) -> float:
-    """Model FLOPs of one training sample (forward + backward = 3 x forward), counted on meta."""
+def forward_flop_counter(model_config: dict, latent_shape: tuple[int, ...], text_len: int = 512):
+    """The model (on the meta device) and a FlopCounterMode that counted one sample's forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .model import build_model
@@ -59,6 +59,12 @@ def train_flops_per_sample(model_config: dict, latent_shape: tuple[int, ...], te
     with counter, torch.no_grad():
         model(hidden_states=x, timestep=timestep, encoder_hidden_states=text, fps=24.0,
               condition_mask=cond, padding_mask=pad, return_dict=False)
+    return model, counter
+
+
+def train_flops_per_sample(model_config: dict, latent_shape: tuple[int, ...], text_len: int = 512) -> float:
+    """Model FLOPs of one training sample (forward + backward = 3 x forward), counted on meta."""
+    _, counter = forward_flop_counter(model_config, latent_shape, text_len)
     return 3.0 * counter.get_total_flops()
 
 
