@@ -44,7 +44,6 @@ DEMO = config["demo"]
 # encode jobs ask for a GPU unless they are told to run on the CPU
 GPUS_PER_ENCODE_JOB = 0 if config["encode"]["device"] == "cpu" else 1
 VIDEOS_DIR = config["videos"]
-INSTRUCTIONS_DIR = config["instructions"]
 
 # Every video of the folder (plus the demo's, which rules make): id -> path, prompt, error.
 VIDEOS = videos_of_config(config, demo_inputs.video_names() if DEMO else ())
