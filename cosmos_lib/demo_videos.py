@@ -93,6 +93,7 @@ def write_frames(
     crf: int | None = None,
     bitrate: int | None = None,
     faststart: bool = False,
+    max_b_frames: int | None = None,
 ) -> Path:
     """Encode RGB uint8 (H, W, 3) frames, streamed, into ``path`` (container from its suffix).
 
@@ -126,6 +127,8 @@ def write_frames(
                     opts["b"] = "0"  # constant quality mode of libvpx
             if codec == "libx265":
                 opts["x265-params"] = "log-level=error"
+            if max_b_frames is not None:
+                opts["bf"] = str(max_b_frames)
             video.options = opts
             if bitrate is not None:
                 video.bit_rate = int(bitrate)
@@ -184,6 +187,7 @@ def write_video(
     crf: int | None = None,
     bitrate: int | None = None,
     faststart: bool = False,
+    max_b_frames: int | None = None,
 ) -> Path:
     """Write a synthetic video of moving coloured shapes (see ``synthetic_frames``); returns the path."""
     if num_frames < 1 or width < 1 or height < 1:
@@ -198,7 +202,18 @@ def write_video(
         crf=crf,
         bitrate=bitrate,
         faststart=faststart,
+        max_b_frames=max_b_frames,
     )
+
+
+def _middle_of_a_packet(path: Path) -> int:
+    """A byte offset inside the data of the video's middle packet: cutting there always leaves one
+    packet half-written (cutting at half the file size sometimes fell on a packet boundary).
+    The video has no B-frames, so every frame before the cut decodes from intact references."""
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size and p.pos is not None]
+    pos, size = packets[len(packets) // 2]
+    return pos + max(1, size // 2)
 
 
 def write_bad_inputs(folder: str | os.PathLike) -> dict[str, Path]:
@@ -216,11 +231,12 @@ def write_bad_inputs(folder: str | os.PathLike) -> dict[str, Path]:
     out["empty"] = folder / "empty.mp4"
     atomic_write_bytes(out["empty"], b"")
     for name, faststart in (("truncated", True), ("truncated_no_index", False)):
-        full = write_video(folder / f".{name}_full.mp4", num_frames=40, width=64, height=48, seed=7, faststart=faststart)
+        full = write_video(folder / f".{name}_full.mp4", num_frames=40, width=64, height=48, seed=7, faststart=faststart, max_b_frames=0)
         data = full.read_bytes()
+        cut = _middle_of_a_packet(full)
         full.unlink()
         out[name] = folder / f"{name}.mp4"
-        atomic_write_bytes(out[name], data[: len(data) // 2])
+        atomic_write_bytes(out[name], data[:cut])
     out["not_a_video"] = folder / "not_a_video.mp4"
     atomic_write_bytes(out["not_a_video"], b"This is a text file, not a video.\n" * 20)
     return out

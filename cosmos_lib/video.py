@@ -111,17 +111,22 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not width or not height:
             raise VideoError(f"{path}: video stream {stream.index} has no frame size")
         fps = _fps(stream, path)
-        count = damaged = 0
+        count = damaged = discarded = 0
         try:
             for packet in container.demux(stream):
                 if packet.size > 0 and packet.is_corrupt:
                     damaged += 1
-                elif packet.size > 0 and not packet.is_discard:
+                elif packet.size > 0 and packet.is_discard:
+                    discarded += 1
+                elif packet.size > 0:
                     count += 1
         except FFmpegError as exc:
             raise VideoError(f"{path}: unreadable after {count} video packets ({exc.__class__.__name__}: {exc})") from exc
         if count == 0:
             raise VideoError(f"{path}: video stream {stream.index} has no frames")
+        # The count is never taken from the header, but an index (MP4) listing more packets
+        # than the file holds means the file was cut: those missing packets count as damaged.
+        damaged += max(0, (stream.frames or 0) - (count + damaged + discarded))
         return VideoInfo(
             path=path,
             width=int(width),

@@ -6,10 +6,14 @@ Python that runs this script, so the job needs no ``python`` on PATH; its output
 """
 
 import json
+import os
 import subprocess
 import sys
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
+# the subprocesses import cosmos_lib from this checkout, also inside a per-rule conda env
+repo = os.path.dirname(os.path.realpath(sm.scriptdir))
+env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
 train = sm.params.train
 common = ["--config-json", json.dumps(train), "--dataset-manifest", sm.input.dataset]
 if sm.input.model:
@@ -18,7 +22,7 @@ if sm.input.model:
 if sm.rule == "train_check":
     with open(sm.log[0], "w") as log:
         result = subprocess.run([sys.executable, "-m", "cosmos_lib.train", "check", *common],
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     if result.returncode:
         sys.exit(f"dataset check failed (see {sm.log[0]})")
     with open(sm.output[0], "w") as out:
@@ -30,6 +34,6 @@ else:
     with open(sm.log[0], "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code:
         sys.exit(f"training failed with exit code {code} (see {sm.log[0]})")
