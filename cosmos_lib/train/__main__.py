@@ -28,10 +28,8 @@ def _dataset(args) -> str:
 def _model_dir(args):
     if not args.model_manifest:
         return None
-    try:
-        from cosmos_lib.hub import read_manifest
-    except ImportError:  # before cosmos_lib.hub exists: the manifest's "local_path"
-        return json.loads(Path(args.model_manifest).read_text())["local_path"]
+    from cosmos_lib.hub import read_manifest
+
     return str(read_manifest(args.model_manifest, "diffusion_model"))
 
 
