@@ -359,7 +359,9 @@ def encode_video(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-samples") as writer:
             in_flight: deque = deque()
             for batch in batched(clips(), settings.batch_size):
-                latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=settings.batch_size))
+                # a compiled tokenizer gets the same batch shape every time; an eager one no padding
+                pad_to = settings.batch_size if tokenizer.compiled else None
+                latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=pad_to))
                 in_flight.append(writer.submit(write, [i for i, _ in batch], latents))
                 del batch
                 while len(in_flight) > MAX_BATCHES_IN_FLIGHT:

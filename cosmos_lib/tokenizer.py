@@ -201,7 +201,7 @@ class VideoTokenizer:
     """
 
     def __init__(self, encoder, latent_mean: torch.Tensor, latent_std: torch.Tensor, *, form: str, folder: Path,
-                 device: torch.device, dtype: torch.dtype, channels_last: bool = False):
+                 device: torch.device, dtype: torch.dtype, channels_last: bool = False, compiled: bool = False):
         _check_std(latent_std, f"{folder}")
         if latent_mean.shape != latent_std.shape:
             raise TokenizerLoadError(f"{folder}: latent mean {tuple(latent_mean.shape)} and std {tuple(latent_std.shape)} differ in shape")
@@ -211,6 +211,8 @@ class VideoTokenizer:
         self.device = device
         self.dtype = dtype
         self.channels_last = channels_last
+        #: torch.compile'd encoder: a new batch shape costs a compilation
+        self.compiled = compiled
         self.latent_mean = latent_mean.to(device)
         self.latent_std = latent_std.to(device)
 
@@ -237,7 +239,8 @@ class VideoTokenizer:
                 encoder = encoder.to(memory_format=torch.channels_last_3d)
             if compile:
                 encoder = torch.compile(encoder)
-        return cls(encoder, mean, std, form=form, folder=folder, device=device, dtype=dtype, channels_last=channels_last)
+        return cls(encoder, mean, std, form=form, folder=folder, device=device, dtype=dtype, channels_last=channels_last,
+                   compiled=compile and form != "torchscript")
 
     @property
     def max_latent_frames(self) -> int:
