@@ -19,6 +19,15 @@ include: "rules/train.smk"
 include: "rules/convert.smk"
 
 
+# A local run's encode workers (one tokenizer per GPU, cosmos_lib/encode_worker.py) end with it.
+onsuccess:
+    encode_worker.stop_workers()
+
+
+onerror:
+    encode_worker.stop_workers()
+
+
 localrules:
     all,
     download_model,

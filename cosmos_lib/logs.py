@@ -15,7 +15,9 @@ def setup_job_logging(log_path: str | Path | None, level: int = logging.INFO) ->
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+        Path(log_path).write_text("", encoding="utf-8")
+        # appending: another process (the encode worker) may add lines to the same file
+        file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
     console = logging.StreamHandler(sys.stderr)

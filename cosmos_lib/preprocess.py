@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from . import sample_format
 from .chunks import chunk_starts
+from .encode_worker import claim_gpu
 from .video import TruncatedVideo, VideoError, iter_chunks, iter_decoded, prefetch, probe, to_rgb
 
 log = logging.getLogger("cosmos_lib.preprocess")
@@ -40,6 +42,10 @@ MAX_BATCHES_IN_FLIGHT = 2
 
 class BadVideo(RuntimeError):
     """A video (or its instruction file) cannot give samples; the message names the file and why."""
+
+
+class Cancelled(RuntimeError):
+    """The encoding was asked to stop (the job that wanted it went away)."""
 
 
 @dataclass(frozen=True)
@@ -63,43 +69,22 @@ class EncodeSettings:
             raise ValueError(f"resize_mode must be 'stretch' or 'crop', got {self.resize_mode!r}")
 
 
-def pick_device(device: str) -> torch.device:
-    """The job's device. With several GPUs visible (a workstation: Snakemake never sets
-    CUDA_VISIBLE_DEVICES), each job claims a GPU no other job of this user holds."""
+def resolve_device(device: str) -> torch.device:
+    """encode.device ("auto", "cuda", "cpu", or a claimed "cuda:N") as a torch device."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("encode.device is 'cuda' but no CUDA GPU is visible to this job")
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
     return torch.device(device)
 
 
-_claimed_gpu = None  # the open lock file: the claim lasts as long as the process
-
-
-def claim_gpu(count: int, lock_dir: str | Path | None = None, poll_s: float = 1.0) -> int:
-    """Index of a GPU that no other process of this user has claimed (flock on a file per GPU);
-    waits while all are taken. Used by jobs that Snakemake starts side by side on one machine."""
-    import fcntl
-    import os
-    import tempfile
-
-    global _claimed_gpu
-    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"cosmos_gpu_locks_{os.getuid()}")
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        for index in range(count):
-            fh = open(lock_dir / f"gpu{index}.lock", "w")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                continue
-            _claimed_gpu = fh
-            log.info("claimed GPU %d of %d", index, count)
-            return index
-        time.sleep(poll_s)
+def pick_device(device: str) -> torch.device:
+    """The job's device. With several GPUs visible (a workstation: Snakemake never sets
+    CUDA_VISIBLE_DEVICES), each job claims a GPU no other job of this user holds."""
+    device = resolve_device(device)
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
+    return device
 
 
 # --- frames ----------------------------------------------------------------------------------
@@ -278,12 +263,13 @@ def encode_video(
     tokenizer,
     t5_embeddings: torch.Tensor,
     settings: EncodeSettings,
+    cancel: threading.Event | None = None,
 ) -> dict:
     """Encode every chunk of one video into samples in ``out_dir``; return the video's report.
 
     Raises BadVideo (naming the file) when the video gives no samples for a reason of its own:
     unreadable, truncated, not a video. A video shorter than a chunk is not an error: its report
-    says it was skipped and why.
+    says it was skipped and why. Setting ``cancel`` stops the work at the next batch (Cancelled).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +345,8 @@ def encode_video(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-samples") as writer:
             in_flight: deque = deque()
             for batch in batched(clips(), settings.batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"{video_path}: encoding cancelled")
                 # a compiled tokenizer gets the same batch shape every time; an eager one no padding
                 pad_to = settings.batch_size if tokenizer.compiled else None
                 latents = HostLatents(*encode_clips(tokenizer, [c for _, c in batch], settings.conditioning_frames, pad_to=pad_to))
@@ -381,6 +369,34 @@ def encode_video(
         report.update(status="partial", reason=str(exc))
         log.warning("%s", exc)
     report["samples"].sort()
+    return report
+
+
+def encode_job(job: dict, tokenizer, cancel: threading.Event | None = None) -> dict:
+    """Rule encode_video's work for one video, wherever it runs (in the job, or in the encode
+    worker on the job's behalf): encode it and write its report; its report.
+
+    ``job`` (JSON-able, it travels to the worker): video, video_id, out_dir, report (path),
+    t5_embeddings (path), settings (EncodeSettings fields), prompt_error, fail_on_bad_video.
+    A video that gives no samples gets a report saying why (status "failed"); with
+    fail_on_bad_video it raises BadVideo instead and writes no report.
+    """
+    report = {"video": Path(job["video"]).name, "video_id": job["video_id"], "status": "ok", "reason": "", "samples": []}
+    Path(job["out_dir"]).mkdir(parents=True, exist_ok=True)
+    try:
+        if job["prompt_error"]:
+            raise BadVideo(job["prompt_error"])
+        report = encode_video(
+            job["video"], job["video_id"], out_dir=job["out_dir"], tokenizer=tokenizer,
+            t5_embeddings=sample_format.load_tensor(job["t5_embeddings"]), settings=EncodeSettings(**job["settings"]),
+            cancel=cancel,
+        )
+    except BadVideo as exc:
+        if job["fail_on_bad_video"]:
+            raise
+        log.warning("skipped: %s", exc)
+        report.update(status="failed", reason=str(exc), samples=[])
+    write_report(job["report"], report)
     return report
 
 
@@ -408,4 +424,5 @@ def encode_prompts(text_encoder, prompts: dict[str, str], out_dir: str | Path, b
 
 
 def write_report(path: str | Path, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     sample_format.atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")

@@ -10,7 +10,7 @@ min_version("9.0")
 # scripts/cosmos_lib (Snakemake puts a script's folder on its path), also in per-rule conda envs.
 sys.path.insert(0, workflow.basedir)
 
-from cosmos_lib import demo_inputs, sample_format
+from cosmos_lib import demo_inputs, encode_worker, sample_format
 from cosmos_lib.hub import parse_source
 from cosmos_lib.inputs import prompts_of, videos_of_config
 

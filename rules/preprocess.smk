@@ -1,7 +1,9 @@
 # Preprocessing: videos -> NeMo post-training samples.
 # One job encodes every new distinct prompt with T5 (the encoder is loaded once per run); one job per
-# video decodes it once, streamed, and encodes all its chunks (no job per chunk); `dataset`
-# gathers the samples into the flat folder NeMo reads, and writes the summary.
+# video decodes it once, streamed, and encodes all its chunks (no job per chunk) with the tokenizer
+# of the machine's encode worker (loaded once per GPU and run, or per SLURM group job: see
+# cosmos_lib/encode_worker.py); `dataset` gathers the samples into the flat folder NeMo reads, and
+# writes the summary.
 
 
 rule encode_prompts:
@@ -48,6 +50,8 @@ rule encode_video:
         device=config["encode"]["device"],
         decode_threads=config["encode"]["decode_threads"],
         compile=config["encode"]["compile"],
+        worker_idle_seconds=config["encode"]["worker_idle_seconds"],
+        worker_log_dir=f"{LOGS}/encode_workers",
         fail_on_bad_video=config["fail_on_bad_video"],
     log:
         f"{LOGS}/encode_video/{{vid}}.log",

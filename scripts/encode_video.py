@@ -1,35 +1,35 @@
-"""Snakemake script of rule encode_video: one video -> its samples and report."""
+"""Snakemake script of rule encode_video: one video -> its samples and report.
 
-import logging
-import os
+With encode.worker_idle_seconds > 0 (the default) the machine's encode worker does the work with
+its already loaded tokenizer, and this job imports no torch (it starts in a fraction of a second).
+"""
 
-from cosmos_lib.hub import read_manifest
 from cosmos_lib.logs import setup_job_logging
-from cosmos_lib.preprocess import BadVideo, EncodeSettings, encode_video, pick_device, write_report
-from cosmos_lib.sample_format import load_tensor
-from cosmos_lib.tokenizer import VideoTokenizer
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
 setup_job_logging(sm.log[0])
 p = sm.params
-os.makedirs(sm.output.samples, exist_ok=True)
-report = {"video": os.path.basename(sm.input.video), "video_id": sm.wildcards.vid, "status": "ok", "reason": "", "samples": []}
-try:
-    if p.prompt_error:
-        raise BadVideo(p.prompt_error)
-    settings = EncodeSettings(
-        num_frames=p.num_frames, height=p.height, width=p.width, conditioning_frames=p.conditioning_frames,
-        num_chunks=p.num_chunks, seed=p.seed, chunk_strategy=p.chunk_strategy, resize_mode=p.resize_mode,
-        batch_size=p.batch_size, decode_threads=p.decode_threads,
+job = {
+    "video": sm.input.video, "video_id": sm.wildcards.vid, "out_dir": sm.output.samples, "report": sm.output.report,
+    "t5_embeddings": sm.input.text[0], "prompt_error": p.prompt_error, "fail_on_bad_video": p.fail_on_bad_video,
+    "settings": {
+        "num_frames": p.num_frames, "height": p.height, "width": p.width, "conditioning_frames": p.conditioning_frames,
+        "num_chunks": p.num_chunks, "seed": p.seed, "chunk_strategy": p.chunk_strategy, "resize_mode": p.resize_mode,
+        "batch_size": p.batch_size, "decode_threads": p.decode_threads,
+    },
+}
+if p.worker_idle_seconds > 0:
+    from cosmos_lib.encode_worker import WorkerSpec, encode_in_worker
+
+    spec = WorkerSpec(
+        tokenizer_manifest=sm.input.tokenizer, device=p.device, compile=p.compile, threads=sm.threads,
+        idle_seconds=p.worker_idle_seconds, log_dir=p.worker_log_dir,
     )
+    encode_in_worker(spec, job, log_path=sm.log[0])
+else:  # a tokenizer of this job's own
+    from cosmos_lib.hub import read_manifest
+    from cosmos_lib.preprocess import encode_job, pick_device
+    from cosmos_lib.tokenizer import VideoTokenizer
+
     tokenizer = VideoTokenizer.load(read_manifest(sm.input.tokenizer), device=pick_device(p.device), compile=p.compile)
-    report = encode_video(
-        sm.input.video, sm.wildcards.vid, out_dir=sm.output.samples, tokenizer=tokenizer,
-        t5_embeddings=load_tensor(sm.input.text[0]), settings=settings,
-    )
-except BadVideo as exc:
-    if p.fail_on_bad_video:
-        raise
-    logging.getLogger("encode_video").warning("skipped: %s", exc)
-    report.update(status="failed", reason=str(exc), samples=[])
-write_report(sm.output.report, report)
+    encode_job(job, tokenizer)
