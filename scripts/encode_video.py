@@ -11,7 +11,7 @@ setup_job_logging(sm.log[0])
 p = sm.params
 job = {
     "video": sm.input.video, "video_id": sm.wildcards.vid, "out_dir": sm.output.samples, "report": sm.output.report,
-    "t5_embeddings": sm.input.text[0], "prompt_error": p.prompt_error, "fail_on_bad_video": p.fail_on_bad_video,
+    "t5_embeddings": sm.input.text[0] if sm.input.text else "", "prompt_error": p.prompt_error, "fail_on_bad_video": p.fail_on_bad_video,
     "settings": {
         "num_frames": p.num_frames, "height": p.height, "width": p.width, "conditioning_frames": p.conditioning_frames,
         "num_chunks": p.num_chunks, "seed": p.seed, "chunk_strategy": p.chunk_strategy, "resize_mode": p.resize_mode,
