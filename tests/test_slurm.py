@@ -212,6 +212,17 @@ def test_demo_dataset_through_sbatch(slurm_run):
         assert states.get(job_id) == "COMPLETED", f"sacct -c has job {job_id} ({name}) as {states.get(job_id)}"
     comments = _squeue_comments(jobs)
     assert any(c.startswith("rule_encode_prompts") for c in comments.values()), comments
+
+    # inside the group job the videos share the tokenizer of an encode worker: one load per
+    # worker (slot), the other videos reuse it; the worker belongs to that SLURM job
+    video_logs = [p.read_text() for p in (work / "logs" / "encode_video").glob("*.log")]
+    loads = [log for log in video_logs if "tokenizer loaded" in log]
+    reuses = [log for log in video_logs if "tokenizer reused" in log]
+    assert len(loads) + len(reuses) == len(video_logs) == 5
+    assert len(loads) == len({re.search(r"encode worker pid (\d+)", log).group(1) for log in video_logs}) < 5
+    group_ids = [j for j, n in jobs.items() if n not in ("encode_prompts", "train")]
+    worker_scopes = {re.search(r"-(slurm\d+)-", p.name).group(1) for p in (work / "logs" / "encode_workers").glob("*.log")}
+    assert worker_scopes and worker_scopes <= {f"slurm{j}" for j in group_ids}, worker_scopes
     print(f"dataset through SLURM in {time.time() - t0:.0f}s: jobs {jobs}")
 
 
