@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     parser.add_argument("--work", default="", help="working folder (default: a temporary one)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "encode_jobs.json"))
-    parser.add_argument("--add", action="store_true", help="keep the other modes' results already in --out")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="encode_jobs_"))
@@ -132,7 +131,10 @@ def main() -> None:
               f"`snakemake all` {wall:.0f} s), {figures['tokenizer_loads']} tokenizer load(s), "
               f"{figures['encode_video_s']:.1f} s encoding chunks, {results[mode]['overhead_per_video_s']:.2f} s "
               "per video around them", flush=True)
+        write_results(args, width, height, results)  # after every mode: a cut-off run keeps what it measured
 
+
+def write_results(args: argparse.Namespace, width: int, height: int, results: dict) -> None:
     import torch
 
     out = {
@@ -145,11 +147,6 @@ def main() -> None:
         "num_chunks": args.num_chunks, "batch_size": args.batch_size, "results": results,
     }
     out_path = Path(args.out)
-    if args.add and out_path.exists():  # modes measured in an earlier call, same inputs
-        earlier = json.loads(out_path.read_text())
-        if earlier["videos"] == out["videos"] and earlier["num_chunks"] == out["num_chunks"]:
-            out["results"] = {**earlier["results"], **results}
-            out["command"] = f"{earlier['command']}; {out['command']}"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"written {args.out}")

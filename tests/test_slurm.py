@@ -42,17 +42,20 @@ def _cluster_state() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _needs_cluster(request):
-    """Tests marked slurm run only when asked for (`pytest -m slurm`: they submit real jobs and take
-    minutes) and when a cluster answers."""
-    if request.node.get_closest_marker("slurm") is None:
-        return
-    if "slurm" not in (request.config.option.markexpr or ""):
+def _skip_without_cluster(config) -> None:
+    if "slurm" not in (config.option.markexpr or ""):
         pytest.skip("submits real SLURM jobs: run with `pytest -m slurm`")
     why_not = _cluster_state()
     if why_not:
         pytest.skip(why_not)
+
+
+@pytest.fixture(autouse=True)
+def _needs_cluster(request):
+    """Tests marked slurm run only when asked for (`pytest -m slurm`: they submit real jobs and take
+    minutes) and when a cluster answers."""
+    if request.node.get_closest_marker("slurm") is not None:
+        _skip_without_cluster(request.config)
 
 
 def _node_memory_mb() -> int:
@@ -162,7 +165,8 @@ def _squeue_comments(job_ids) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory):
+def slurm_run(request, tmp_path_factory):
+    _skip_without_cluster(request.config)  # a module fixture is set up before the autouse check
     work = tmp_path_factory.mktemp("slurm_demo")
     _copy_workflow(work)
     prof_dir = work / "profiles" / "slurm_cpu_test"

@@ -56,7 +56,14 @@ def _losses(run_dir):
 
 
 def _run(cfg, dataset, run_dir, **kw):
-    return train(TrainConfig.from_dict({**BASE, **cfg}), dataset=dataset, run_dir=run_dir, **kw)
+    """Train in this process, on one thread like the `_cli` runs (OMP_NUM_THREADS=1): a run resumed
+    here from a CLI run's checkpoint sums floats in the same order as a reference run here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(TrainConfig.from_dict({**BASE, **cfg}), dataset=dataset, run_dir=run_dir, **kw)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cli(cfg, dataset, run_dir, nproc=None, extra=()):

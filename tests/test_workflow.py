@@ -137,6 +137,14 @@ def test_rerun_with_nothing_changed_runs_nothing(demo_copy):
     assert planned_jobs(demo_copy, "all") == {}
 
 
+def test_tuning_how_videos_are_encoded_reencodes_nothing(demo_copy):
+    """encode.* (batch size, decode threads, compile, the worker) says how, not what: a user who
+    tunes it on a cluster keeps every sample; a setting the samples depend on redoes every video."""
+    tuned = 'encode={"batch_size": 1, "device": "cpu", "decode_threads": "SLICE", "compile": true, "worker_idle_seconds": 0}'
+    assert planned_jobs(demo_copy, "all", "--config", tuned) == {}
+    assert planned_jobs(demo_copy, "all", "--config", "num_chunks=3") == {"encode_video": len(DEMO_VIDEOS), "dataset": 1}
+
+
 def test_adding_a_video_runs_only_its_jobs_and_the_aggregate(demo_copy):
     videos = demo_copy / "results" / "demo" / "videos"
     before = {p: (demo_copy / "results" / "dataset" / p).stat().st_ino for p in os.listdir(demo_copy / "results" / "dataset")}
