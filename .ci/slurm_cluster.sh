@@ -22,7 +22,8 @@
 #   - MinJobAge=3600 so finished jobs stay visible to squeue for an hour: the test runs the SLURM
 #     executor plugin with `--slurm-status-command squeue`, as sacct without slurmdbd cannot answer
 #     its status queries.
-#   - no cgroups (proctrack/linuxproc, task/none): works inside containers and gVisor sandboxes.
+#   - no cgroups (proctrack/pgid, task/none): works inside containers and gVisor sandboxes; pgid
+#     kills what a job step leaves behind when the step ends, as cgroup does on real clusters.
 #
 # Idempotent: a second call finds the cluster answering and only prints its state. It refuses to
 # overwrite a slurm.conf it did not write (marker line below), so it never clobbers a real cluster's
@@ -177,8 +178,10 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
-# no cgroups: works in containers / sandboxes
-ProctrackType=proctrack/linuxproc
+# no cgroups (works in containers / sandboxes). proctrack/pgid, like proctrack/cgroup on real
+# clusters, kills what a job step leaves behind when the step ends (linuxproc lets orphans escape,
+# which would hide a process that must outlive its step and does not)
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 ReturnToService=2

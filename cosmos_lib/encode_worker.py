@@ -13,6 +13,11 @@ the videos that jobs send it over a UNIX socket, one at a time. The jobs of a SL
   and this package's code, so a changed model or changed code gets a new worker.
 - The worker writes the job's log lines into the job's own log file; its own messages (start,
   exit, a crash) go to ``<log_dir>/<host>-<scope>-<slot>.log``.
+- In a SLURM job each Snakemake job runs in a job step of its own (``srun``), and SLURM kills what
+  a step leaves behind when it ends (``proctrack/cgroup``, ``proctrack/pgid``). So there the
+  worker is started by the SLURM job's own Snakemake, in the batch step that lasts as long as the
+  job: that process offers a *spawner* socket (``offer_spawner``, called from rules/common.smk),
+  and a job that finds no worker asks it to start one.
 - It exits when no job has come for ``idle_seconds``, after an unexpected error (a CUDA error can
   leave the device unusable: the next job starts a fresh worker), and with its job when SLURM or
   a Ctrl-C ends that. A job whose worker dies fails with the worker's last log lines.
@@ -205,27 +210,130 @@ def connect_or_start(address: str, spec: WorkerSpec, device: str, worker_log: Pa
         log.info("encoding in the running encode worker %s", address)
         return conn
     worker_log.parent.mkdir(parents=True, exist_ok=True)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     command = [
         sys.executable, "-m", "cosmos_lib.encode_worker", "--socket", address, "--tokenizer-manifest",
         spec.tokenizer_manifest, "--device", device, "--threads", str(spec.threads), "--idle-seconds", str(spec.idle_seconds),
     ] + (["--compile"] if spec.compile else [])
-    with open(worker_log, "a", encoding="utf-8") as out:
-        # same process group as the job: a Ctrl-C or a SLURM job end reaches the worker too
-        worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-    log.info("started encode worker pid %d on %s (its log: %s)", worker.pid, device, worker_log)
+    env = worker_environment(dict(os.environ))
+    pid = request_spawn(command, env, worker_log)
+    if pid is not None:
+        log.info("the SLURM job's Snakemake started encode worker pid %d on %s (its log: %s)", pid, device, worker_log)
+        exited = lambda: not _alive(pid)  # noqa: E731 - not our child: its exit code is the spawner's
+    else:
+        with open(worker_log, "a", encoding="utf-8") as out:
+            # same process group as the job: a Ctrl-C or a SLURM job end reaches the worker too
+            worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        pid, exited = worker.pid, lambda: worker.poll() is not None
+        log.info("started encode worker pid %d on %s (its log: %s)", pid, device, worker_log)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         conn = _try_connect(address)
         if conn is not None:
             return conn
-        if worker.poll() is not None:
-            raise WorkerError(f"the encode worker exited at start (code {worker.returncode}); "
-                              f"its log {worker_log} ends with:\n{tail(worker_log)}")
+        if exited():
+            raise WorkerError(f"the encode worker (pid {pid}) exited at start; its log {worker_log} ends with:\n{tail(worker_log)}")
         time.sleep(0.05)
-    worker.kill()
+    _kill(pid)
     raise WorkerError(f"the encode worker did not listen on {address} within {STARTUP_TIMEOUT_S:.0f} s; see {worker_log}")
+
+
+def worker_environment(env: dict) -> dict:
+    """The job's environment, with this checkout's cosmos_lib first on the path."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    return dict(env, PYTHONPATH=os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")])))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
+# --- the spawner: workers that outlive a SLURM job step -----------------------------------------
+SPAWNER_SOCKET = "spawner.sock"
+_spawned: list[subprocess.Popen] = []
+
+
+def offer_spawner() -> socket.socket | None:
+    """In the Snakemake that runs a SLURM job's script (the batch step, which lasts as long as the
+    job), serve the requests of that job's encode jobs to start an encode worker from here, in a
+    background thread. The jobs themselves run in job steps (``srun``) whose leftover processes
+    SLURM kills when the step ends, so a worker started by one of them would not serve the next.
+    Called by every remote-mode Snakemake (rules/common.smk); does nothing outside a SLURM job or
+    inside a job step (srun sets SLURM_STEP_ID there; a batch script has none). The listening
+    socket when it serves."""
+    if not os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_STEP_ID", "batch") != "batch":
+        return None
+    address = run_dir() / SPAWNER_SOCKET
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address.unlink(missing_ok=True)  # one per SLURM job and working directory: an earlier one's
+    listener.bind(str(address))
+    listener.listen(16)
+    threading.Thread(target=_serve_spawn_requests, args=(listener,), name="encode-worker-spawner", daemon=True).start()
+    import atexit
+
+    atexit.register(_end_spawned, address)  # this job's Snakemake is done: its workers are too
+    return listener
+
+
+def request_spawn(command: list[str], env: dict, worker_log: Path) -> int | None:
+    """Have this SLURM job's spawner start ``command``; its pid, or None when there is no spawner
+    (a local run, or a SLURM job run by something other than this workflow's Snakemake)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    conn = _try_connect(str(run_dir() / SPAWNER_SOCKET))
+    if conn is None:
+        return None
+    with conn:
+        conn.sendall(json.dumps({"command": command, "env": env, "log": str(Path(worker_log).resolve())}).encode() + b"\n")
+        reply = _read_line(conn)
+    if reply is None:
+        return None
+    reply = json.loads(reply)
+    if "pid" not in reply:
+        raise WorkerError(f"the SLURM job's Snakemake could not start the encode worker: {reply.get('error')}")
+    return int(reply["pid"])
+
+
+def _serve_spawn_requests(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # closed at exit
+            return
+        with conn:
+            try:
+                request = json.loads(_read_line(conn) or b"{}")
+                command = request["command"]
+                if command[1:3] != ["-m", "cosmos_lib.encode_worker"]:  # starts encode workers, nothing else
+                    raise ValueError(f"not an encode worker command: {command[:3]}")
+                with open(request["log"], "a", encoding="utf-8") as out:
+                    worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              env=request["env"], cwd=os.getcwd())
+                _spawned.append(worker)
+                threading.Thread(target=worker.wait, daemon=True).start()  # reaped when it exits
+                reply = {"pid": worker.pid}
+            except Exception as exc:  # noqa: BLE001 - the job reports it
+                reply = {"error": f"{exc.__class__.__name__}: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+
+def _end_spawned(address: Path) -> None:
+    address.unlink(missing_ok=True)
+    for worker in _spawned:
+        if worker.poll() is None:
+            worker.terminate()
 
 
 def _try_connect(address: str) -> socket.socket | None:

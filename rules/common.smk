@@ -14,6 +14,11 @@ from cosmos_lib import demo_inputs, encode_worker, sample_format
 from cosmos_lib.hub import parse_source
 from cosmos_lib.inputs import prompts_of, videos_of_config
 
+# The Snakemake that runs a SLURM job's batch script starts the job's encode workers, so that they
+# outlive the job step (srun) of the video that needed one first: cosmos_lib/encode_worker.py.
+if workflow.remote_exec:
+    encode_worker.offer_spawner()
+
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 

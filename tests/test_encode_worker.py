@@ -123,6 +123,56 @@ def test_jobs_share_one_tokenizer_load_and_give_the_samples_of_a_direct_encode(r
             assert torch.equal(ours, sf.load_tensor(run / "direct" / f"{prefix}.{suffix}.pth"))
 
 
+def step_job(run: Path, name: str, video: str) -> tuple[dict, str]:
+    """An encode job as a SLURM group job runs it: in a job step, whose leftover processes SLURM
+    kills when the step ends (proctrack/cgroup or pgid; here: the step's process group)."""
+    args = {
+        "spec": {"tokenizer_manifest": "tokenizer.json", "device": "cpu", "idle_seconds": 30, "log_dir": "logs/workers"},
+        "job": {
+            "video": str(run / video), "video_id": name, "out_dir": str(run / "samples" / name),
+            "report": str(run / "reports" / f"{name}.json"), "t5_embeddings": str(run / "t5.pth"),
+            "settings": SETTINGS.__dict__, "prompt_error": "", "fail_on_bad_video": False,
+        },
+        "log": str(run / "logs" / f"{name}.log"),
+    }
+    step = subprocess.Popen([sys.executable, "-c", JOB, json.dumps(args)], cwd=run, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), SLURM_STEP_ID="0"))
+    assert step.wait(timeout=300) == 0
+    try:
+        os.killpg(step.pid, 9)  # the step ends: what it left behind dies
+    except ProcessLookupError:
+        pass
+    time.sleep(0.5)
+    return json.loads((run / "reports" / f"{name}.json").read_text()), (run / "logs" / f"{name}.log").read_text()
+
+
+def test_in_a_slurm_job_the_worker_outlives_the_job_step_that_started_it(run, monkeypatch):
+    from cosmos_lib.encode_worker import offer_spawner
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    # without the spawner of the job's own Snakemake, each step's worker dies with the step
+    _, log_a = step_job(run, "a", "v0.mp4")
+    assert "tokenizer loaded" in log_a and not alive(worker_pid(log_a))
+
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert offer_spawner() is None  # the Snakemake of a job step offers none: its children die with it
+    monkeypatch.delenv("SLURM_STEP_ID")
+    listener = offer_spawner()  # what rules/common.smk does in the SLURM job's (batch script's) Snakemake
+    assert listener is not None
+    try:
+        _, log_b = step_job(run, "b", "v0.mp4")
+        report_c, log_c = step_job(run, "c", "v1.mp4")
+        assert "the SLURM job's Snakemake started encode worker" in log_b and "tokenizer loaded" in log_b
+        assert "tokenizer reused" in log_c and worker_pid(log_c) == worker_pid(log_b)
+        assert report_c["status"] == "ok" and len(report_c["samples"]) == 2
+        ppid = int(Path(f"/proc/{worker_pid(log_b)}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert ppid == os.getpid()  # a child of the batch step's process, not of a job step
+    finally:
+        listener.shutdown(2)
+        listener.close()
+
+
 def test_a_bad_video_is_reported_and_the_worker_serves_the_next_job(run):
     (run / "broken.mp4").write_bytes(b"not a video at all")
     report, log_bad = job(run, "bad", "broken.mp4")

@@ -140,9 +140,16 @@ def test_rerun_with_nothing_changed_runs_nothing(demo_copy):
 def test_tuning_how_videos_are_encoded_reencodes_nothing(demo_copy):
     """encode.* (batch size, decode threads, compile, the worker) says how, not what: a user who
     tunes it on a cluster keeps every sample; a setting the samples depend on redoes every video."""
-    tuned = 'encode={"batch_size": 1, "device": "cpu", "decode_threads": "SLICE", "compile": true, "worker_idle_seconds": 0}'
-    assert planned_jobs(demo_copy, "all", "--config", tuned) == {}
-    assert planned_jobs(demo_copy, "all", "--config", "num_chunks=3") == {"encode_video": len(DEMO_VIDEOS), "dataset": 1}
+    import yaml
+
+    config = yaml.safe_load(Path(DEMO).read_text())
+    config["encode"] = {"batch_size": 1, "device": "cpu", "decode_threads": "SLICE", "compile": True,
+                        "worker_idle_seconds": 0, "text_batch_size": 1}
+    tuned = demo_copy / "tuned.yaml"
+    tuned.write_text(yaml.safe_dump(config))
+    assert planned_jobs(demo_copy, "all", "--configfile", str(tuned)) == {}
+    tuned.write_text(yaml.safe_dump({**config, "num_chunks": 3}))
+    assert planned_jobs(demo_copy, "all", "--configfile", str(tuned)) == {"encode_video": len(DEMO_VIDEOS), "dataset": 1}
 
 
 def test_adding_a_video_runs_only_its_jobs_and_the_aggregate(demo_copy):
