@@ -74,10 +74,10 @@ def wait_gone(pid: int, timeout_s: float = 30) -> bool:
     return not alive(pid)
 
 
-def job(run: Path, name: str, video: str, idle_seconds: float = 30.0, manifest: str = "tokenizer.json",
-        fail_on_bad_video: bool = False) -> tuple[dict, str]:
-    """Run one encode job in a process of its own; its report and its log."""
-    args = {
+def job_args(run: Path, name: str, video: str, idle_seconds: float = 30.0, manifest: str = "tokenizer.json",
+             fail_on_bad_video: bool = False) -> dict:
+    """What JOB gets: the worker spec, the job, the job's log."""
+    return {
         "spec": {"tokenizer_manifest": manifest, "device": "cpu", "idle_seconds": idle_seconds, "log_dir": "logs/workers"},
         "job": {
             "video": str(run / video), "video_id": name, "out_dir": str(run / "samples" / name),
@@ -86,6 +86,11 @@ def job(run: Path, name: str, video: str, idle_seconds: float = 30.0, manifest: 
         },
         "log": str(run / "logs" / f"{name}.log"),
     }
+
+
+def job(run: Path, name: str, video: str, **kwargs) -> tuple[dict, str]:
+    """Run one encode job in a process of its own; its report and its log."""
+    args = job_args(run, name, video, **kwargs)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", JOB, json.dumps(args)], cwd=run, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -126,15 +131,7 @@ def test_jobs_share_one_tokenizer_load_and_give_the_samples_of_a_direct_encode(r
 def step_job(run: Path, name: str, video: str) -> tuple[dict, str]:
     """An encode job as a SLURM group job runs it: in a job step, whose leftover processes SLURM
     kills when the step ends (proctrack/cgroup or pgid; here: the step's process group)."""
-    args = {
-        "spec": {"tokenizer_manifest": "tokenizer.json", "device": "cpu", "idle_seconds": 30, "log_dir": "logs/workers"},
-        "job": {
-            "video": str(run / video), "video_id": name, "out_dir": str(run / "samples" / name),
-            "report": str(run / "reports" / f"{name}.json"), "t5_embeddings": str(run / "t5.pth"),
-            "settings": SETTINGS.__dict__, "prompt_error": "", "fail_on_bad_video": False,
-        },
-        "log": str(run / "logs" / f"{name}.log"),
-    }
+    args = job_args(run, name, video)
     step = subprocess.Popen([sys.executable, "-c", JOB, json.dumps(args)], cwd=run, start_new_session=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO), SLURM_STEP_ID="0"))
     assert step.wait(timeout=300) == 0
