@@ -4,6 +4,9 @@
 
 Makes a folder of empty placeholder .mp4 files (a dry run opens none of them), then times
 `snakemake -n dataset` over it, with one prompt for all and with a per-video instruction file each.
+Then it times the planning of one video's encode job among them (`snakemake -n` of its report):
+what each Snakemake process of a cluster job pays (the group job's, and each video's job step's)
+before any work starts.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ def main() -> None:
             name = f"episode {i:05d}.take.mp4" if i % 2 else f"episode_{i:05d}.mp4"
             (videos / name).write_bytes(b"")
             (instructions / (Path(name).stem + ".json")).write_text(json.dumps({"language_instruction_0": f"task {i % 97}"}))
-        for label, extra in [("one prompt", []), ("instructions", [f"instructions={instructions}"])]:
-            workdir = Path(tmp) / ("run_" + label.replace(" ", "_"))
+        cases = [("dataset", "one prompt", []), ("dataset", "instructions", [f"instructions={instructions}"]),
+                 ("results/reports/episode_00000.json", "one video's job", [])]
+        for target, label, extra in cases:
+            workdir = Path(tmp) / ("run_" + label.replace(" ", "_").replace("'", ""))
             workdir.mkdir()
             cmd = [
-                str(snakemake), "dataset", "-n", "-q", "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                str(snakemake), target, "-n", "-q", "--cores", "1", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                 "--configfile", str(REPO / "config" / "config.yaml"),
                 "--config", f"videos={videos}", f"num_chunks={args.num_chunks}", *extra,
             ]
@@ -49,10 +54,10 @@ def main() -> None:
             if done.returncode:
                 sys.exit(f"snakemake failed:\n{done.stdout}\n{done.stderr}")
             rows.append((label, seconds))
-    print(f"snakemake -n dataset, {args.videos} videos, num_chunks {args.num_chunks}")
-    print(f"{'inputs':<14} {'seconds':>8}")
+    print(f"snakemake -n, {args.videos} videos, num_chunks {args.num_chunks}")
+    print(f"{'target':<16} {'seconds':>8}")
     for label, seconds in rows:
-        print(f"{label:<14} {seconds:8.1f}")
+        print(f"{label:<16} {seconds:8.1f}")
 
 
 if __name__ == "__main__":

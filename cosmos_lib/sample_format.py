@@ -27,9 +27,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is made or read, not here: the Snakefile imports this module,
+# and every Snakemake process (planning, each cluster job) would pay for torch's import.
 
 # --- the facts -------------------------------------------------------------------------------
 VIDEO_LATENT = "video_latent.pth"
@@ -41,7 +45,7 @@ INFO = "info.json"
 SUFFIXES = (VIDEO_LATENT, CONDITIONING_LATENT, T5_EMBEDDINGS, T5_MASK, INFO)
 TENSOR_SUFFIXES = SUFFIXES[:4]
 
-TENSOR_DTYPE = torch.bfloat16
+TENSOR_DTYPE_NAME = "bfloat16"  # sample_format.TENSOR_DTYPE: that torch dtype
 T5_MAX_LENGTH = 512
 T5_DIM = 1024
 LATENT_CHANNELS = 16
@@ -116,7 +120,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def __getattr__(name: str):
+    if name == "TENSOR_DTYPE":
+        return _tensor_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _tensor_dtype() -> "torch.dtype":
+    import torch
+
+    return getattr(torch, TENSOR_DTYPE_NAME)
+
+
 def atomic_torch_save(path: str | os.PathLike, tensor: torch.Tensor) -> None:
+    import torch
+
     _atomic_write(Path(path), lambda fh: torch.save(tensor, fh))
 
 
@@ -134,7 +152,9 @@ def make_info(*, height: int, width: int, fps: float, num_frames: int, video_pat
 
 def t5_mask() -> torch.Tensor:
     """The reference saves ones, not the tokenizer's attention mask."""
-    return torch.ones(T5_MAX_LENGTH, dtype=TENSOR_DTYPE)
+    import torch
+
+    return torch.ones(T5_MAX_LENGTH, dtype=_tensor_dtype())
 
 
 def write_sample(
@@ -156,7 +176,7 @@ def write_sample(
     }
     for suffix, tensor in tensors.items():
         # clone: a view would drag its whole storage (e.g. the batch) into the file
-        atomic_torch_save(sample_path(folder, prefix, suffix), tensor.detach().to("cpu", TENSOR_DTYPE).contiguous().clone())
+        atomic_torch_save(sample_path(folder, prefix, suffix), tensor.detach().to("cpu", _tensor_dtype()).contiguous().clone())
     atomic_write_text(sample_path(folder, prefix, INFO), json.dumps(info, indent=1) + "\n")
 
 
@@ -173,6 +193,8 @@ class SampleShapes:
 
 
 def load_tensor(path: Path) -> torch.Tensor:
+    import torch
+
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error to the user
@@ -218,6 +240,8 @@ def complete_prefixes(folder: str | os.PathLike) -> list[str]:
 
 def validate_sample(folder: str | os.PathLike, prefix: str, shapes: SampleShapes | None = None) -> SampleShapes:
     """Check one sample's files, shapes and dtypes; return its shapes. Raises SampleError naming the file."""
+    import torch
+
     data = read_sample(folder, prefix)
     video = data[VIDEO_LATENT]
     if video.dim() != 4 or video.shape[0] != LATENT_CHANNELS:
@@ -233,8 +257,8 @@ def validate_sample(folder: str | os.PathLike, prefix: str, shapes: SampleShapes
         path = sample_path(folder, prefix, suffix)
         if tuple(tensor.shape) != tuple(shape):
             raise SampleError(f"{path}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        if tensor.dtype != TENSOR_DTYPE:
-            raise SampleError(f"{path}: dtype {tensor.dtype}, expected {TENSOR_DTYPE}")
+        if tensor.dtype != _tensor_dtype():
+            raise SampleError(f"{path}: dtype {tensor.dtype}, expected {_tensor_dtype()}")
         if not torch.isfinite(tensor.float()).all():
             raise SampleError(f"{path}: holds NaN or infinite values")
     return SampleShapes(tuple(video.shape))

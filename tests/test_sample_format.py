@@ -46,7 +46,7 @@ def test_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
         fh.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(sf.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
         write(tmp_path, "v_c0000")
     assert os.listdir(tmp_path) == []
@@ -86,3 +86,22 @@ def test_validate_folder_errors_name_the_file(tmp_path):
     (tmp_path / "a_c0000.t5_text_mask.pth").write_bytes(b"garbage")
     with pytest.raises(sf.SampleError, match=r"a_c0000\.t5_text_mask\.pth: cannot be read"):
         sf.validate_folder(tmp_path)
+
+
+def test_the_workflow_files_import_no_torch():
+    """Every Snakemake process parses the Snakefile (the planning one, and each cluster job's, once
+    per video): what rules/*.smk import from cosmos_lib must not pull in torch (seconds each)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    smk = [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]
+    imports = [line.strip() for path in smk for line in path.read_text().splitlines()
+               if re.match(r"\s*(from cosmos_lib[\w.]* import|import cosmos_lib)", line)]
+    assert len(imports) >= 3, imports  # the lines this test is about are found
+    code = "\n".join([*imports, "import sys", "print('torch' in sys.modules)"])
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", f"the workflow's imports load torch:\n{code}"
