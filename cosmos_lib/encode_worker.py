@@ -220,9 +220,8 @@ def connect_or_start(address: str, spec: WorkerSpec, device: str, worker_log: Pa
         log.info("the SLURM job's Snakemake started encode worker pid %d on %s (its log: %s)", pid, device, worker_log)
         exited = lambda: not _alive(pid)  # noqa: E731 - not our child: its exit code is the spawner's
     else:
-        with open(worker_log, "a", encoding="utf-8") as out:
-            # same process group as the job: a Ctrl-C or a SLURM job end reaches the worker too
-            worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # same process group as the job: a Ctrl-C or a SLURM job end reaches the worker too
+        worker = _start_worker_process(command, env, worker_log)
         pid, exited = worker.pid, lambda: worker.poll() is not None
         log.info("started encode worker pid %d on %s (its log: %s)", pid, device, worker_log)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -235,6 +234,12 @@ def connect_or_start(address: str, spec: WorkerSpec, device: str, worker_log: Pa
         time.sleep(0.05)
     _kill(pid)
     raise WorkerError(f"the encode worker did not listen on {address} within {STARTUP_TIMEOUT_S:.0f} s; see {worker_log}")
+
+
+def _start_worker_process(command: list[str], env: dict, worker_log: str | Path) -> subprocess.Popen:
+    """Start an encode worker process, its output appended to its log (the job's or the spawner's)."""
+    with open(worker_log, "a", encoding="utf-8") as out:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def worker_environment(env: dict) -> dict:
@@ -315,9 +320,7 @@ def _serve_spawn_requests(listener: socket.socket) -> None:
                 command = request["command"]
                 if command[1:3] != ["-m", "cosmos_lib.encode_worker"]:  # starts encode workers, nothing else
                     raise ValueError(f"not an encode worker command: {command[:3]}")
-                with open(request["log"], "a", encoding="utf-8") as out:
-                    worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                              env=request["env"], cwd=os.getcwd())
+                worker = _start_worker_process(command, request["env"], request["log"])
                 _spawned.append(worker)
                 threading.Thread(target=worker.wait, daemon=True).start()  # reaped when it exits
                 reply = {"pid": worker.pid}
